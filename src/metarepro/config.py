@@ -1,0 +1,274 @@
+"""Config loading, schema validation (with defaults) and resolution into per-run configs.
+
+Torch-free on purpose: the Snakefile imports this module to validate the config and to enumerate
+runs, and Snakemake must never import torch.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from jsonschema import Draft7Validator, validators
+
+from .utils import MetareproError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(MetareproError):
+    """A configuration problem; the message names the offending key and the allowed values."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _extend_with_default(validator_class):
+    """A validator that fills in `default` values while validating (the jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict):
+                    if "$ref" in sub:
+                        sub = _SCHEMA_DEFS[sub["$ref"].split("/")[-1]]
+                    if "default" in sub and prop not in instance:
+                        instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultFillingValidator = _extend_with_default(Draft7Validator)
+_SCHEMA_DEFS: dict = {}
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _allowed_keys(schema: dict, root: dict) -> list[str]:
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    return sorted(schema.get("properties", {}))
+
+
+def _explain(error, root: dict) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = _allowed_keys(error.schema, root)
+        known = set(allowed)
+        bad = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
+        msgs = []
+        for key in bad:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            full = f"{where}.{key}" if error.absolute_path else key
+            msgs.append(f"unknown key '{full}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; allowed keys: {', '.join(allowed) if allowed else '(none)'}")
+        return "; ".join(msgs) or f"{where}: {error.message}"
+    if error.validator == "enum":
+        hint = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        return (f"'{where}' = {error.instance!r} is not allowed"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; allowed values: {', '.join(map(str, error.validator_value))}")
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
+        return f"'{where}' = {error.instance!r} is invalid: must be {op} {error.validator_value}"
+    if error.validator == "type":
+        return f"'{where}' = {error.instance!r} has the wrong type: expected {error.validator_value}"
+    if error.validator == "required":
+        return f"'{where}': {error.message}"
+    return f"'{where}': {error.message}"
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    """Validate `cfg` against the schema, fill defaults, check cross-references; return a new dict.
+
+    Raises ConfigError listing every problem, each naming its key and the allowed values.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
+    cfg = copy.deepcopy(cfg)
+    root = load_schema()
+    _SCHEMA_DEFS.update(root["$defs"])
+    validator = _DefaultFillingValidator(root)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        lines = list(dict.fromkeys(_explain(e, root) for e in errors))
+        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(lines))
+    # method blocks may be written as `maml:` (null) -> all defaults
+    for exp in cfg["experiments"].values():
+        for m, hp in list(exp["methods"].items()):
+            if hp is None:
+                exp["methods"][m] = {}
+    # a second pass fills the defaults of method blocks that were written as `maml:` (null)
+    list(_DefaultFillingValidator(root).iter_errors(cfg))
+    _check_cross_references(cfg, source)
+    return cfg
+
+
+def _check_cross_references(cfg: dict, source: str) -> None:
+    problems = []
+    seen: dict[tuple, str] = {}
+    for name, exp in cfg["experiments"].items():
+        if exp["dataset"] == "sinusoid" and exp["backbone"] != "mlp":
+            problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: sinusoid needs backbone 'mlp'")
+        if exp["dataset"] != "sinusoid" and exp["backbone"] == "mlp":
+            problems.append(f"'experiments.{name}.backbone' = 'mlp' only fits dataset 'sinusoid'")
+        if exp["dataset"] == "sinusoid" and exp["ways"] != 1:
+            problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
+        if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
+            problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
+        for shot in exp["train_overrides"]:
+            if int(shot) not in exp["shots"]:
+                problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
+        for m in exp["methods"]:
+            for k in exp["shots"]:
+                key = (exp["dataset"], m, exp["ways"], k)
+                if key in seen:
+                    problems.append(f"experiments '{seen[key]}' and '{name}' both write results for dataset "
+                                    f"{key[0]}, method {m}, {key[2]}-way {k}-shot: rename or remove one")
+                seen[key] = name
+    for rname, rep in cfg.get("reports", {}).items():
+        for e in rep["experiments"]:
+            if e not in cfg["experiments"]:
+                problems.append(f"'reports.{rname}.experiments' names unknown experiment {e!r}; "
+                                f"allowed: {', '.join(cfg['experiments'])}")
+    if problems:
+        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))
+
+
+def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Load YAML file(s) (later ones update earlier ones, top-level keys replaced) and validate."""
+    cfg: dict = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        cfg.update(data)
+    if overrides:
+        cfg.update(overrides)
+    return validate_config(cfg, source=", ".join(map(str, paths)) or "config")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one meta-training + evaluation run needs; saved as config.yaml beside its results."""
+    experiment: str
+    dataset: str
+    dataset_args: dict
+    data_dir: str
+    backbone: str
+    backbone_args: dict
+    method: str
+    method_args: dict
+    ways: int
+    shots: int
+    seed: int
+    train: dict
+    evaluation: dict
+    profile: str = "default"
+    run_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown run-config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        missing = [k for k, f in cls.__dataclass_fields__.items()
+                   if k not in d and f.default is f.default_factory]  # type: ignore[comparison-overlap]
+        if missing:
+            raise ConfigError(f"run config is missing keys {missing}")
+        return cls(**d)
+
+
+def run_dir(cfg: dict, dataset: str, method: str, ways: int, shots: int, seed: int) -> str:
+    return f"{cfg['results_dir']}/{dataset}/{method}/{ways}way{shots}shot/seed{seed}"
+
+
+def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) -> RunConfig:
+    if experiment not in cfg["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; allowed: {', '.join(cfg['experiments'])}")
+    exp = cfg["experiments"][experiment]
+    if method not in exp["methods"]:
+        raise ConfigError(f"method {method!r} is not configured in experiments.{experiment}.methods; "
+                          f"allowed: {', '.join(exp['methods'])}")
+    if shots not in exp["shots"]:
+        raise ConfigError(f"shots={shots} is not in experiments.{experiment}.shots {exp['shots']}")
+    train = dict(exp["train"])
+    train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
+    dataset = exp["dataset"]
+    return RunConfig(
+        experiment=experiment, dataset=dataset,
+        dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
+        data_dir=f"{cfg['data']['dir']}/{dataset}",
+        backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
+        method=method, method_args=dict(exp["methods"][method]),
+        ways=exp["ways"], shots=shots, seed=seed, train=train,
+        evaluation=dict(cfg["evaluation"]), profile=cfg["profile"],
+        run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed),
+    )
+
+
+def _dataset_defaults(dataset: str) -> dict:
+    """Defaults of a dataset's options block when the config does not mention the dataset."""
+    cfg = validate_config({"datasets": {dataset: {}}, "experiments": {"x": {
+        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    return cfg["datasets"][dataset]
+
+
+@dataclass(frozen=True)
+class Run:
+    experiment: str
+    dataset: str
+    method: str
+    ways: int
+    shots: int
+    seed: int
+    run_dir: str
+
+
+def iter_runs(cfg: dict, experiments: Iterable[str] | None = None) -> list[Run]:
+    """Every (experiment, method, shots, seed) run the config asks for, in a stable order."""
+    out = []
+    for name, exp in cfg["experiments"].items():
+        if experiments is not None and name not in experiments:
+            continue
+        for method in exp["methods"]:
+            for shots in exp["shots"]:
+                for seed in cfg["seeds"]:
+                    out.append(Run(name, exp["dataset"], method, exp["ways"], shots, seed,
+                                   run_dir(cfg, exp["dataset"], method, exp["ways"], shots, seed)))
+    return out
+
+
+def find_experiment(cfg: dict, dataset: str, method: str, ways: int, shots: int) -> str:
+    for name, exp in cfg["experiments"].items():
+        if exp["dataset"] == dataset and method in exp["methods"] and exp["ways"] == ways and shots in exp["shots"]:
+            return name
+    raise ConfigError(f"no experiment in the config runs dataset={dataset} method={method} "
+                      f"ways={ways} shots={shots}")
+
+
+def used_datasets(cfg: dict) -> list[str]:
+    return sorted({exp["dataset"] for exp in cfg["experiments"].values()})
