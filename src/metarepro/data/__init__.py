@@ -1,0 +1,86 @@
+"""Dataset registry: the only place a dataset name is bound to code.
+
+Each entry says how the dataset is obtained (download + prepare into the compact format of
+store.py, or generated on the fly) and whether tasks are classification or regression.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .episodes import ImageEpisodes, SinusoidEpisodes, TaskSampler, eval_seed
+from .sinusoid import SinusoidTasks
+from .store import ImageSplit, load_split
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task_type: str                 # "classification" | "regression"
+    module: str | None = None      # module with prepare(raw_dir, out_dir, options); None: generated
+    prepare_fn: str = "prepare"
+    normalize: bool = True         # per-channel mean/std from the train split (False: raw [0, 1])
+
+    @property
+    def generated(self) -> bool:
+        return self.module is None
+
+    def prepare(self) -> Callable:
+        mod = importlib.import_module(f"{__name__}.{self.module}")
+        return getattr(mod, self.prepare_fn)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "sinusoid": DatasetSpec("sinusoid", "regression"),
+    "omniglot": DatasetSpec("omniglot", "classification", "omniglot", normalize=False),
+    "cifarfs": DatasetSpec("cifarfs", "classification", "cifar", "prepare_cifarfs"),
+    "fc100": DatasetSpec("fc100", "classification", "cifar", "prepare_fc100"),
+    "miniimagenet": DatasetSpec("miniimagenet", "classification", "miniimagenet"),
+    "tieredimagenet": DatasetSpec("tieredimagenet", "classification", "tieredimagenet"),
+    "cub": DatasetSpec("cub", "classification", "cub"),
+}
+
+
+def get(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@lru_cache(maxsize=8)
+def _split(data_dir: str, split: str) -> ImageSplit:
+    return load_split(data_dir, split)
+
+
+@lru_cache(maxsize=8)
+def _train_stats(data_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    imgs = _split(data_dir, "train").images
+    sample = imgs[:: max(1, len(imgs) // 5000)].astype(np.float32) / 255.0  # (n, H, W, C)
+    return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(sample.std(axis=(0, 1, 2)).clip(1e-3).tolist())
+
+
+def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: int, shots: int,
+             queries: int, seed: int) -> ImageEpisodes | SinusoidEpisodes:
+    """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol."""
+    spec = get(dataset)
+    if spec.generated:
+        return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
+    data = _split(str(Path(data_dir)), split)
+    mean, std = _train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
+    return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
+                         mean=mean, std=std)
+
+
+def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
+    if get(dataset).generated:
+        return (1,)
+    h, w, c = _split(str(Path(data_dir)), "train").images.shape[1:]
+    return (c, h, w)
+
+
+__all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "TaskSampler"]
