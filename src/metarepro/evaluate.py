@@ -1,0 +1,98 @@
+"""Evaluation on fixed test episodes: mean, 95% CI and per-episode scores after 0..K inner steps.
+
+The episodes are a pure function of (dataset, split, ways, shots, evaluation seed), so every method
+is evaluated on identical episodes (see `episode_set` in eval.json) and can be compared pair-wise.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import data as datasets
+from .train import load_learner, mean_ci
+from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
+
+log = logging.getLogger("metarepro.evaluate")
+
+TEST_SPLIT = "test"
+N_FITS = 3          # sinusoid tasks drawn for the Finn et al. Fig. 2-style plot
+FIT_STEPS = (0, 1, 10)
+
+
+def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto") -> Path:
+    run_dir = Path(run_dir)
+    model_path = run_dir / "model.pt"
+    if not model_path.exists():
+        raise MetareproError(f"{model_path} not found: run `python -m metarepro metatrain` for this run first")
+    set_threads(threads)
+    device = resolve_device(device)
+    learner, run, state = load_learner(model_path, device)
+    ev = run.evaluation
+    seed = datasets.eval_seed(ev["seed"], run.dataset, TEST_SPLIT, run.ways, run.shots)
+    eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, run.shots,
+                            ev["queries"], seed)
+    steps = learner.eval_inner_steps
+    t0 = time.perf_counter()
+    by_step = np.zeros((ev["episodes"], steps + 1))
+    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{run.shots}s",
+               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
+    for i in bar:
+        by_step[i] = learner.evaluate_task(eps.episode(i).to(device), steps)
+    wall = time.perf_counter() - t0
+    mean, ci = mean_ci(by_step[:, -1])
+    result: dict[str, Any] = {
+        "run": run.to_dict(),
+        "metric": "accuracy" if learner.task_type == "classification" else "mse",
+        "split": TEST_SPLIT,
+        "episodes": int(ev["episodes"]),
+        "queries": int(ev["queries"]),
+        "episode_set": eps.fingerprint(ev["episodes"]),
+        "inner_steps": steps,
+        "mean": mean,
+        "ci95": ci,
+        "std": float(by_step[:, -1].std(ddof=1)) if len(by_step) > 1 else 0.0,
+        "per_episode": by_step[:, -1].tolist(),
+        "by_step": {str(j): dict(zip(("mean", "ci95"), mean_ci(by_step[:, j]))) for j in range(steps + 1)},
+        "wall_time_s": wall,
+        "adapt_time_per_task_s": wall / max(1, ev["episodes"]),
+        "peak_memory_mb": peak_memory_mb(),
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        "device": device,
+        "git_revision": git_revision(),
+        "checkpoint": {"iteration": state["best_iteration"], "val_mean": state["val_mean"],
+                       "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
+        "parameters": sum(p.numel() for p in learner.parameters()),
+    }
+    if run.dataset == "sinusoid":
+        result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
+    out = run_dir / "eval.json"
+    write_json_atomic(out, result)
+    log.info("%s: %s %.4f +- %.4f over %d episodes (%d inner steps)", run_dir, result["metric"], mean, ci,
+             ev["episodes"], steps)
+    return out
+
+
+def sinusoid_fits(learner, eps, steps: int) -> list[dict]:
+    """Predictions on a dense grid before and after 1..steps inner steps for a few fixed test tasks."""
+    fits = []
+    for i in range(N_FITS):
+        task = eps.episode(i)
+        amp, phase = task.info["amplitude"], task.info["phase"]
+        xg, yg = eps.tasks.curve(amp, phase)
+        grid = torch.as_tensor(xg, dtype=torch.float32).view(-1, 1)
+        preds = {}
+        for learner_j in learner.adapt_trajectory(task, steps, create_graph=False):
+            if learner_j.step in FIT_STEPS or learner_j.step == steps:
+                with torch.no_grad():
+                    preds[str(learner_j.step)] = learner_j(grid).view(-1).tolist()
+        fits.append({"amplitude": amp, "phase": phase, "x_support": task.x_support.view(-1).tolist(),
+                     "y_support": task.y_support.view(-1).tolist(), "x_grid": xg.tolist(), "y_true": yg.tolist(),
+                     "y_pred": preds})
+    return fits

@@ -1,0 +1,172 @@
+"""The seams every method plugs into: Task, Learner, MetaLearner (adapt / meta_loss / meta_step).
+
+The training loop (metarepro.train) and evaluation (metarepro.evaluate) call only these; they never
+branch on a method's name. Inner loops use torch.func.functional_call on a params dict and
+torch.autograd.grad, with create_graph only for second-order meta-gradients (no module patching).
+
+How the planned methods fit (sketched against these seams before fixing them):
+- Meta-SGD / MAML++ LSLR / PAMELA Q_j: extra nn.Parameters on the MetaLearner; `inner_update` uses them.
+- MAML++ per-step BN: `forward(params, x, step)` receives the step index.
+- PAMELA P^w skip connections: `adapt_trajectory` keeps the last w parameter sets.
+- Meta-LSTM: overrides `adapt_trajectory` (the LSTM writes the update; c_0 = the initialisation).
+- MTL: a frozen pretrained `model.features` + meta-learned scale/shift params in the params dict.
+- AMFS: overrides `adapt_trajectory` with a closed-form kernel solve.
+- CML: a modifier overriding `meta_loss` (adds gamma * co-learner loss).
+- O-AMFS: a modifier overriding `meta_step` (cosine-weighted task gradients).
+- Hard-task meta-batch: a TaskSampler whose `feedback(tasks, losses)` re-samples the hardest classes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One few-shot task. Classification: x (N, C, H, W), y int64 labels 0..ways-1.
+    Regression: x (N, 1), y (N, 1)."""
+    x_support: Tensor
+    y_support: Tensor
+    x_query: Tensor
+    y_query: Tensor
+    classes: tuple[int, ...] = ()     # global class ids (hard-task sampling, analysis)
+    info: Mapping[str, Any] | None = None  # e.g. sinusoid amplitude/phase
+
+    def to(self, device: torch.device | str) -> "Task":
+        return Task(self.x_support.to(device), self.y_support.to(device), self.x_query.to(device),
+                    self.y_query.to(device), self.classes, self.info)
+
+
+class Learner:
+    """A model evaluated at a given set of (adapted) parameters."""
+
+    def __init__(self, meta: "MetaLearner", params: Params, step: int) -> None:
+        self.meta, self.params, self.step = meta, params, step
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.meta.forward_with(self.params, x, self.step)
+
+
+class MetaLearner(nn.Module):
+    """Base class. Subclasses set `name` and override `inner_update` (or `adapt_trajectory`)."""
+
+    name = "base"
+
+    def __init__(self, model: nn.Module, task_type: str = "classification", inner_steps: int = 1,
+                 eval_inner_steps: int | None = None, first_order: bool = False) -> None:
+        super().__init__()
+        if task_type not in ("classification", "regression"):
+            raise ValueError(f"task_type must be classification or regression, got {task_type!r}")
+        self.model = model
+        self.task_type = task_type
+        self.inner_steps = int(inner_steps)
+        self.eval_inner_steps = int(eval_inner_steps if eval_inner_steps is not None else inner_steps)
+        self.first_order = bool(first_order)
+
+    # ---- model evaluation ---------------------------------------------------------------
+    def init_params(self) -> Params:
+        """The meta-learned initialisation theta (what the inner loop starts from)."""
+        return dict(self.model.named_parameters())
+
+    def forward_with(self, params: Params, x: Tensor, step: int = 0) -> Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task_type == "classification":
+            return F.cross_entropy(out, y)
+        return F.mse_loss(out, y)
+
+    def metric(self, out: Tensor, y: Tensor) -> float:
+        """Accuracy in percent (classification) or mean squared error (regression)."""
+        with torch.no_grad():
+            if self.task_type == "classification":
+                return float((out.argmax(-1) == y).float().mean()) * 100.0
+            return float(F.mse_loss(out, y))
+
+    # ---- inner loop ---------------------------------------------------------------------
+    def inner_update(self, params: Params, grads: dict[str, Tensor], step: int) -> Params:
+        raise NotImplementedError
+
+    def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[Learner]:
+        """Yield the learner after 0, 1, ..., `steps` inner steps on the support set."""
+        params = self.init_params()
+        if not create_graph:
+            # evaluation / first order: gradients w.r.t. detached copies, no graph to theta
+            params = {k: v.detach().requires_grad_(True) for k, v in params.items()} if not self.training \
+                else params
+        yield Learner(self, params, 0)
+        for j in range(steps):
+            with torch.enable_grad():
+                loss = self.loss(self.forward_with(params, task.x_support, j), task.y_support)
+                names = [k for k, v in params.items() if v.requires_grad]
+                grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+            grads = dict(zip(names, grads))
+            if not create_graph:
+                grads = {k: g.detach() for k, g in grads.items()}
+            params = self.inner_update(params, grads, j)
+            if not self.training:
+                params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            yield Learner(self, params, j + 1)
+
+    def adapt(self, task: Task, steps: int | None = None, create_graph: bool | None = None) -> Learner:
+        """Inner loop: adapt to the task's support set; returns the adapted learner."""
+        steps = self.inner_steps if steps is None else steps
+        if create_graph is None:
+            create_graph = self.training and not self.first_order
+        learner = None
+        for learner in self.adapt_trajectory(task, steps, create_graph):
+            pass
+        assert learner is not None
+        return learner
+
+    # ---- outer loop ---------------------------------------------------------------------
+    def meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
+        """Outer objective for one task: query loss of the adapted learner."""
+        learner = self.adapt(task)
+        out = learner(task.x_query)
+        loss = self.loss(out, task.y_query)
+        return loss, {"loss": float(loss.detach()), "metric": self.metric(out, task.y_query)}
+
+    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer,
+                  grad_clip: float | None = None) -> dict[str, float]:
+        """Outer update on a meta-batch: mean of per-task meta-losses (default aggregation).
+
+        Backward runs per task (gradients accumulate), which equals backward of the mean and keeps
+        only one task's second-order graph in memory at a time.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        for task in tasks:
+            loss, s = self.meta_loss(task)
+            (loss / len(tasks)).backward()
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / len(tasks)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
+        optimizer.step()
+        return stats
+
+    # ---- training-loop hooks (optional) -------------------------------------------------
+    def set_iteration(self, iteration: int) -> None:
+        """Called with the 0-based meta-iteration before each meta_step (schedules, e.g. MAML++)."""
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, total_iterations: int):
+        """Meta-lr scheduler stepped once per meta-iteration, or None for a constant meta lr (default)."""
+        return None
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def evaluate_task(self, task: Task, steps: int | None = None) -> list[float]:
+        """Query metric after 0..steps inner steps (index = number of steps)."""
+        steps = self.eval_inner_steps if steps is None else steps
+        scores = []
+        for learner in self.adapt_trajectory(task, steps, create_graph=False):
+            with torch.no_grad():
+                scores.append(self.metric(learner(task.x_query), task.y_query))
+        return scores

@@ -1,0 +1,172 @@
+"""Meta-training loop (method-agnostic): sample meta-batch -> method.meta_step -> log / validate / checkpoint.
+
+Resumable: `checkpoints/last.pt` in the run dir holds the full state every `checkpoint_every`
+iterations (weights, optimizer, best-so-far, log, RNG). Because meta-batch i is a pure function of
+(seed, i), a killed run restarted from its checkpoint ends with the same weights as an uninterrupted one.
+Checkpoint selection: the weights with the best validation score (fixed validation episodes).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import data as datasets
+from . import methods, models
+from .config import RunConfig
+from .methods.base import MetaLearner
+from .utils import (atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads, write_text_atomic,
+                    write_yaml_atomic)
+
+log = logging.getLogger("metarepro.train")
+
+LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "lr", "elapsed_s"]
+VAL_SPLIT = "val"
+
+
+def build_learner(run: RunConfig) -> MetaLearner:
+    """Backbone + method for a run; initial weights are a function of the run seed only."""
+    spec = datasets.get(run.dataset)
+    torch.manual_seed(run.seed)
+    out_dim = 1 if spec.task_type == "regression" else run.ways
+    model = models.build(run.backbone, datasets.input_shape(run.dataset, run.data_dir), out_dim, **run.backbone_args)
+    return methods.build(run.method, model, spec.task_type, **run.method_args)
+
+
+def higher_is_better(learner: MetaLearner) -> bool:
+    return learner.task_type == "classification"
+
+
+def mean_ci(scores: list[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and 95% confidence half-width (1.96 * std / sqrt(n), the protocol of Finn et al.)."""
+    a = np.asarray(scores, dtype=np.float64)
+    if a.size < 2:
+        return float(a.mean()), float("nan")
+    return float(a.mean()), float(1.96 * a.std(ddof=1) / math.sqrt(a.size))
+
+
+def validate(learner: MetaLearner, episodes: Any, n: int, steps: int, device: str = "cpu") -> tuple[float, float]:
+    was_training = learner.training
+    learner.eval()
+    scores = [learner.evaluate_task(episodes.episode(i).to(device), steps)[-1] for i in range(n)]
+    learner.train(was_training)
+    return mean_ci(scores)
+
+
+def _val_episodes(run: RunConfig):
+    ev = run.evaluation
+    return datasets.episodes(run.dataset, run.dataset_args, run.data_dir, VAL_SPLIT, run.ways, run.shots,
+                             ev["queries"], datasets.eval_seed(ev["seed"], run.dataset, VAL_SPLIT, run.ways, run.shots))
+
+
+def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, device: str = "auto") -> Path:
+    """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
+    set_threads(threads)
+    device = resolve_device(device)
+    out = Path(run.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    tr = run.train
+    learner = build_learner(run).to(device)
+    learner.train()
+    optimizer = torch.optim.Adam(learner.parameters(), lr=tr["meta_lr"])
+    scheduler = learner.make_scheduler(optimizer, tr["iterations"])
+    sampler = datasets.TaskSampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
+                                                     run.ways, run.shots, tr["queries"], run.seed))
+    val_eps = _val_episodes(run)
+    better = (lambda a, b: a > b) if higher_is_better(learner) else (lambda a, b: a < b)
+
+    start, rows = 0, []
+    best: dict[str, Any] = {"iteration": -1, "val_mean": None, "val_ci95": None, "state": None}
+    elapsed_before = 0.0
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if state is not None and state["run"] != run.to_dict():
+        # the config changed since the run was killed: its checkpoint is for other hyperparameters
+        log.warning("discarding %s: it was written for a different run config", ckpt_path)
+        ckpt_path.unlink()
+        state = None
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        start, rows, best, elapsed_before = state["iteration"], state["rows"], state["best"], state["elapsed_s"]
+        log.info("resuming %s from iteration %d", out, start)
+
+    t0 = time.perf_counter() - elapsed_before
+    if progress is None:
+        progress = True
+    bar = tqdm(range(start, tr["iterations"]), initial=start, total=tr["iterations"], desc=f"{run.method} {run.dataset} "
+               f"{run.ways}w{run.shots}s", file=sys.stderr, disable=not progress,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    for it in bar:
+        learner.set_iteration(it)
+        tasks = [t.to(device) for t in sampler.sample(it, tr["meta_batch"])]
+        stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"))
+        sampler.feedback(tasks, [stats.get("loss", float("nan"))] * len(tasks))
+        row = {"iteration": it + 1, "meta_loss": stats["loss"], "meta_metric": stats["metric"], "val_mean": "",
+               "val_ci95": "", "lr": optimizer.param_groups[0]["lr"], "elapsed_s": 0.0}
+        if scheduler is not None:
+            scheduler.step()
+        if (it + 1) % tr["val_every"] == 0 or it + 1 == tr["iterations"]:
+            vm, vc = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
+            row["val_mean"], row["val_ci95"] = vm, vc
+            if best["val_mean"] is None or better(vm, best["val_mean"]):
+                best = {"iteration": it + 1, "val_mean": vm, "val_ci95": vc,
+                        "state": {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}}
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f"{vm:.3f}")
+            log.info("iter %d loss %.4f train %.3f val %.3f +- %.3f", it + 1, stats["loss"], stats["metric"], vm, vc)
+        row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+        if (it + 1) % tr["checkpoint_every"] == 0 and it + 1 < tr["iterations"]:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"run": run.to_dict(), "iteration": it + 1, "learner": learner.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None, "sampler": sampler.state_dict(),
+                            "torch_rng": torch.get_rng_state(), "rows": rows, "best": best,
+                            "elapsed_s": time.perf_counter() - t0}, tmp)
+    bar.close()
+    wall = time.perf_counter() - t0
+
+    last_state = {k: v.detach().cpu() for k, v in learner.state_dict().items()}
+    final = {"run": run.to_dict(), "state": best["state"] if best["state"] is not None else last_state,
+             "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
+             "iterations": tr["iterations"], "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
+             "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "train_log.csv", buf.getvalue())
+    write_yaml_atomic(out / "config.yaml", {**run.to_dict(), "provenance": {
+        "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
+        "peak_memory_mb": round(final["peak_memory_mb"], 1), "best_iteration": best["iteration"],
+        "best_val_mean": best["val_mean"]}})
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(final, tmp)
+    ckpt_path.unlink(missing_ok=True)
+    if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
+        ckpt_path.parent.rmdir()
+    log.info("done %s in %.1fs (best val %.4f at iteration %d)", out, wall, best["val_mean"] or float("nan"),
+             best["iteration"])
+    return out / "model.pt"
+
+
+def load_learner(model_path: str | Path, device: str = "cpu") -> tuple[MetaLearner, RunConfig, dict]:
+    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    run = RunConfig.from_dict(state["run"])
+    learner = build_learner(run).to(device)
+    learner.load_state_dict(state["state"])
+    learner.eval()
+    return learner, run, state
