@@ -1,0 +1,43 @@
+# metarepro: data -> meta-train -> evaluate -> report for every run the config lists.
+# Run `snakemake --cores N` from the repository root (see README); rules live in workflow/rules/.
+import sys
+
+import yaml
+from snakemake.utils import min_version, update_config
+
+min_version("9.0")
+sys.path.insert(0, f"{workflow.basedir}/src")  # torch-free; Snakemake never imports torch
+from metarepro.config import ConfigError, validate_config
+
+
+configfile: "config/config.yaml"
+
+
+# Each --configfile replaces whole top-level keys of config/config.yaml, as metarepro.config.load_config
+# does (Snakemake alone merges key by key, mixing config.yaml's experiments into paper.yaml's);
+# --config key=value still sets single keys. validate_config fills in defaults, names any bad key.
+_files = ["config/config.yaml", *map(str, workflow.config_settings.configfiles)]
+_config = {}
+for _f in _files:
+    _config.update(yaml.safe_load(open(_f)) or {})
+update_config(_config, dict(workflow.config_settings.config))
+try:
+    config.update(validate_config(_config, source=" + ".join(_files)))
+except ConfigError as e:
+    sys.exit(f"ConfigError: {e}")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/metatrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

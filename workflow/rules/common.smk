@@ -1,0 +1,101 @@
+# Helpers shared by workflow/rules/*.smk: paths, the runs that a config asks for, CLI arguments.
+#
+# Every shell line runs `PYTHONPATH=src python -m metarepro ...` from the repository root: a conda env
+# made from environment.yml cannot hold an editable install of this checkout (Snakemake creates it
+# from a copy of the file in .snakemake/conda/, where `-e .` would point elsewhere), and with the
+# package installed it is the same code. A person can paste a printed line into a shell as it is.
+import json
+import math
+import os
+import re
+
+from metarepro.config import find_experiment, iter_runs, resolve_run, used_datasets
+
+# Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
+RESULTS = config["results_dir"]
+REPORTS = config["reports_dir"]
+DATA = config["data"]["dir"]
+RAW = config["data"]["raw_dir"]
+LOGS = f"logs/{config['profile']}"
+RUN = f"{RESULTS}/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}"
+RUN_LOG = "{dataset}/{method}/{ways}way{shots}shot/seed{seed}.log"
+# Where raw archives come from: METAREPRO_MIRROR overrides data.mirror; "none" = the official URLs.
+MIRROR = os.environ.get("METAREPRO_MIRROR", config["data"]["mirror"]) or "none"
+GENERATED = {"sinusoid"}  # datasets sampled on the fly: no download, no prepare
+SPLITS = ("train", "val", "test")
+# Peak memory (MiB) of a training/evaluation job by dataset, and meta-training seconds per task and
+# iteration by backbone on one CPU core: scheduler hints only (cluster profiles, --resources).
+MEM_MB = {"sinusoid": 1000, "omniglot": 4000, "cifarfs": 6000, "fc100": 6000, "miniimagenet": 12000,
+          "cub": 12000, "tieredimagenet": 32000}
+SECONDS_PER_TASK = {"mlp": 0.005, "conv4": 0.1, "resnet12": 2.0}
+
+
+def _alternatives(names):
+    return "|".join(map(re.escape, sorted(names))) or "(?!)"  # (?!) matches nothing
+
+
+wildcard_constraints:
+    dataset=_alternatives(used_datasets(config)),
+    method=_alternatives({m for exp in config["experiments"].values() for m in exp["methods"]}),
+    ways=r"\d+",
+    shots=r"\d+",
+    seed=r"\d+",
+    name=_alternatives(config["reports"]),
+
+
+def runs(experiments=None):
+    """Every (experiment, method, shots, seed) run of the config, or of the given experiments."""
+    return iter_runs(config, experiments)
+
+
+def run_files(runs_, *names):
+    return [f"{r.run_dir}/{n}" for r in runs_ for n in names]
+
+
+def run_config(wildcards):
+    """The resolved RunConfig (JSON) of one run: a param, so editing a method's hparams re-runs its jobs."""
+    w = wildcards
+    exp = find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots))
+    return resolve_run(config, exp, w.method, int(w.shots), int(w.seed)).to_json()
+
+
+def dataset_options(dataset):
+    """The dataset's resolved options block (JSON), as the runs on it see it."""
+    run = next(r for r in runs() if r.dataset == dataset)
+    return json.dumps(resolve_run(config, run.experiment, run.method, run.shots, run.seed).dataset_args,
+                      sort_keys=True)
+
+
+def prepared(dataset):
+    """The files of a prepared dataset (none for generated ones)."""
+    if dataset in GENERATED:
+        return []
+    return [f"{DATA}/{dataset}/meta.json"] + [f"{DATA}/{dataset}/{s}.npz" for s in SPLITS]
+
+
+def train_runtime(wildcards):
+    """Minutes a meta-training job may take (a generous estimate from the config)."""
+    exp = config["experiments"][find_experiment(config, wildcards.dataset, wildcards.method,
+                                                int(wildcards.ways), int(wildcards.shots))]
+    per_task = SECONDS_PER_TASK.get(exp["backbone"], 1.0)
+    return 10 + math.ceil(exp["train"]["iterations"] * exp["train"]["meta_batch"] * per_task / 60)
+
+
+def report_runs(name, dataset=None):
+    """The runs behind report `name` (only those on `dataset` if given)."""
+    found = runs(config["reports"][name]["experiments"])
+    return [r for r in found if dataset is None or r.dataset == dataset]
+
+
+def report_outputs(name):
+    """What one report produces: its table (md + csv) and figures."""
+    out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv",
+           f"{REPORTS}/figures/{name}_curves.png", f"{REPORTS}/figures/{name}_inner_steps.png"]
+    if report_runs(name, "sinusoid"):
+        out.append(f"{REPORTS}/figures/{name}_fits.png")
+    return out
+
+
+def final_outputs():
+    """What `snakemake` builds by default: every report's table and figures, and the reports index."""
+    return [f for name in config["reports"] for f in report_outputs(name)] + [f"{REPORTS}/README.md"]

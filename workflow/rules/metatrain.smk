@@ -1,0 +1,26 @@
+# Meta-training of one (dataset, method, ways, shots, seed) run -> {results_dir}/.../seed{seed}/.
+
+
+rule metatrain:
+    input:
+        lambda w: prepared(w.dataset),
+    output:
+        # The CLI also keeps an undeclared checkpoints/last.pt here and resumes from it, so a killed
+        # job that Snakemake re-runs (profile: rerun-incomplete) picks up where it stopped.
+        model=f"{RUN}/model.pt",
+        train_log=f"{RUN}/train_log.csv",
+        config=f"{RUN}/config.yaml",
+    log:
+        f"{LOGS}/metatrain/{RUN_LOG}",
+    conda:
+        "../../environment.yml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
+        runtime=train_runtime,
+        gpu=config.get("gpu", 0),
+    params:
+        # The whole resolved run config: editing one method's hparams re-runs only that method's jobs.
+        run=run_config,
+    shell:
+        "PYTHONPATH=src python -m metarepro metatrain --run {params.run:q} --threads {threads} > {log:q} 2>&1"

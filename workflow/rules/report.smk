@@ -1,0 +1,106 @@
+# Tables and figures of each report in config["reports"], and the index that links them (torch-free).
+
+
+# Cheap, and they write into the (git-tracked) reports folder: run them where Snakemake runs.
+localrules:
+    table,
+    curves,
+    inner_steps,
+    sinusoid_fits,
+    index,
+
+
+rule table:
+    input:
+        evals=lambda w: run_files(report_runs(w.name), "eval.json"),
+        paper="config/paper_results.csv",
+    output:
+        md=f"{REPORTS}/tables/{{name}}.md",
+        csv=report(f"{REPORTS}/tables/{{name}}.csv", caption="../report/table.rst", category="Tables",
+                   labels={"report": "{name}"}),
+    log:
+        f"{LOGS}/report/{{name}}_table.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        title=lambda w: config["reports"][w.name].get("title", w.name),
+    shell:
+        "PYTHONPATH=src python -m metarepro report table --name {wildcards.name} --title {params.title:q} --paper {input.paper:q}"
+        " --out {output.md:q} {input.evals:q} > {log:q} 2>&1"
+
+
+rule curves:
+    input:
+        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
+    output:
+        report(f"{REPORTS}/figures/{{name}}_curves.png", caption="../report/curves.rst", category="Figures",
+               labels={"report": "{name}", "figure": "training curves"}),
+    log:
+        f"{LOGS}/report/{{name}}_curves.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind curves --out {output:q} {params.run_dirs:q} > {log:q} 2>&1"
+
+
+rule inner_steps:
+    input:
+        lambda w: run_files(report_runs(w.name), "eval.json"),
+    output:
+        report(f"{REPORTS}/figures/{{name}}_inner_steps.png", caption="../report/inner_steps.rst",
+               category="Figures", labels={"report": "{name}", "figure": "inner steps"}),
+    log:
+        f"{LOGS}/report/{{name}}_inner_steps.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind inner_steps --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule sinusoid_fits:
+    input:
+        lambda w: run_files(report_runs(w.name, "sinusoid"), "eval.json"),
+    output:
+        report(f"{REPORTS}/figures/{{name}}_fits.png", caption="../report/sinusoid_fits.rst",
+               category="Figures", labels={"report": "{name}", "figure": "sinusoid fits"}),
+    log:
+        f"{LOGS}/report/{{name}}_fits.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind sinusoid_fits --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule index:
+    input:
+        lambda w: [f for name in config["reports"] for f in report_outputs(name)],
+    output:
+        f"{REPORTS}/README.md",
+    log:
+        f"{LOGS}/report/index.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "PYTHONPATH=src python -m metarepro report index --out {output:q} {input:q} > {log:q} 2>&1"
