@@ -1,0 +1,280 @@
+"""Report package: tables (ours vs paper, paired tests), figures and the index, on fixtures built here."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from metarepro.report import cli, figures, tables
+from metarepro.utils import MetareproError
+
+REPO = Path(__file__).resolve().parents[2]
+N = 600
+PAPER_HEADER = "paper,method,dataset,backbone,ways,shots,metric,value,ci95,source\n"
+
+
+def alternating(mean: float, spread: float, n: int = N) -> np.ndarray:
+    """mean ± spread alternately: exact mean `mean`, sample std spread * sqrt(n / (n - 1))."""
+    return mean + spread * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+
+
+def write_eval(root: Path, dataset: str, method: str, ways: int, shots: int, seed: int, scores,
+               *, metric: str = "accuracy", episode_set: str = "E1", by_step: dict | None = None,
+               fits: list | None = None, profile: str = "default") -> Path:
+    scores = np.asarray(scores, dtype=float)
+    run = {"experiment": dataset, "dataset": dataset, "backbone": "mlp" if dataset == "sinusoid" else "conv4",
+           "backbone_args": {"hidden": [40, 40]} if dataset == "sinusoid" else {"filters": 64},
+           "method": method, "method_args": {"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 3},
+           "ways": ways, "shots": shots, "seed": seed, "profile": profile,
+           "train": {"iterations": 500, "meta_batch": 8}, "evaluation": {"episodes": N, "queries": 15, "seed": 0}}
+    m, c = float(scores.mean()), float(1.96 * scores.std(ddof=1) / math.sqrt(scores.size))
+    if by_step is None:
+        by_step = {"0": {"mean": 20.0, "ci95": 1.0}, "1": {"mean": m - 2, "ci95": c}, "2": {"mean": m - 1, "ci95": c},
+                   "3": {"mean": m, "ci95": c}}
+    ev = {"run": run, "metric": metric, "episodes": int(scores.size), "episode_set": episode_set,
+          "inner_steps": max(int(k) for k in by_step), "mean": m, "ci95": c, "std": float(scores.std()),
+          "per_episode": scores.tolist(), "by_step": by_step, "wall_time_s": 1.0, "peak_memory_mb": 10.0,
+          "git_revision": "abc", "checkpoint": {"iteration": 400, "val_mean": m}}
+    if fits is not None:
+        ev["fits"] = fits
+    d = root / "results" / dataset / method / f"{ways}way{shots}shot" / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "eval.json").write_text(json.dumps(ev))
+    (d / "config.yaml").write_text(yaml.safe_dump(run))
+    return d / "eval.json"
+
+
+def write_paper(path: Path, rows: list[str]) -> Path:
+    path.write_text(PAPER_HEADER + "".join(r + "\n" for r in rows))
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def paper(tmp_path) -> Path:
+    return write_paper(tmp_path / "paper.csv", [
+        "Finn et al. 2017 (MAML),MAML,omniglot,conv4-64,5,1,accuracy,98.7,0.4,MAML paper Table 1",
+        "Finn et al. 2017 (MAML),MAML,omniglot,conv4-64,5,5,accuracy,99.9,0.1,MAML paper Table 1",
+        "Other 2020,MAML,omniglot,conv4,5,5,accuracy,99.0,,Other paper Table 9",
+        "Li et al. 2017 (Meta-SGD),MAML (5-shot meta-training),sinusoid,mlp-40-40,,10,mse,0.85,0.14,Meta-SGD Table 1",
+    ])
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_t_distribution_and_wilcoxon_against_known_values():
+    assert tables.t_sf_two_sided(2.0, 10) == pytest.approx(0.073388, abs=1e-6)   # t tables
+    assert tables.t_sf_two_sided(1.0, 1) == pytest.approx(0.5, abs=1e-12)        # Cauchy: P(|T|>1) = 1/2
+    assert tables.t_quantile_975(2) == pytest.approx(4.302653, abs=1e-5)
+    assert tables.t_quantile_975(10**6) == pytest.approx(1.959966, abs=1e-5)
+    # d = [1, 2, -3, 4, 0]: zero dropped, W+ = 1+2+4 = 7, mean 5, var 4*5*9/24 = 7.5
+    assert tables.wilcoxon_p([1, 2, -3, 4, 0]) == pytest.approx(math.erfc(2 / math.sqrt(7.5) / math.sqrt(2)))
+    # ties: |d| = 1,1,1,2 -> ranks 2,2,2,4; W+ = 8; var = 7.5 - (27 - 3)/48 = 7.0
+    assert tables.wilcoxon_p([1, 1, -1, 2]) == pytest.approx(math.erfc(3 / math.sqrt(7.0) / math.sqrt(2)))
+
+
+def test_paired_test_by_hand():
+    rng = np.random.default_rng(0)
+    maml = rng.integers(40, 100, N).astype(float)
+    d = np.where(np.arange(N) % 2 == 0, 3.0, 1.0)      # mean 2, deviations ±1
+    res = tables.paired_test(maml + d, maml)
+    sd = math.sqrt(N / (N - 1))                         # sample std of ±1
+    assert res.mean == pytest.approx(2.0)
+    assert res.ci95 == pytest.approx(1.96 * sd / math.sqrt(N))
+    assert res.t == pytest.approx(2.0 / (sd / math.sqrt(N)))
+    assert res.p_t < 1e-10 and res.p_wilcoxon < 1e-10
+    same = tables.paired_test(maml, maml)
+    assert (same.mean, same.p_t, same.p_wilcoxon) == (0.0, 1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def test_table_rows_paper_match_ci_logic_and_paired_vs_maml(tmp_path, paper):
+    rng = np.random.default_rng(1)
+    base = np.round(rng.uniform(60, 100, N), 2)
+    # 5-way 1-shot: MAML mean 98.5, CI = 1.96*5*sqrt(600/599)/sqrt(600) = 0.4004 -> 98.7 inside
+    e1 = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(98.5, 5.0))
+    maml5 = base
+    d = np.where(np.arange(N) % 2 == 0, 3.0, 1.0)
+    e2 = write_eval(tmp_path, "omniglot", "maml", 5, 5, 0, maml5)
+    e3 = write_eval(tmp_path, "omniglot", "fomaml", 5, 5, 0, maml5 + d)
+    out = tmp_path / "reports" / "tables" / "maml_fewshot.md"
+    md_path, csv_path = tables.make_table([e3, e2, e1], out, "MAML few-shot", paper)
+    assert md_path.exists() and csv_path == out.with_suffix(".csv") and csv_path.exists()
+    rows = read_csv(csv_path)
+    assert rows[0].keys() >= {"dataset", "setting", "method", "backbone", "budget", "ours_mean", "ours_ci95",
+                              "paper_value", "paper_ci95", "paper_backbone", "paper_source", "diff",
+                              "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_p_t", "profile"}
+    # 1-shot MAML, 5-shot MAML (two paper rows -> two lines), 5-shot FO-MAML (no paper number)
+    assert [(r["setting"], r["method"], r["paper_value"]) for r in rows] == [
+        ("5-way 1-shot", "maml", "98.7"), ("5-way 5-shot", "maml", "99.9"), ("5-way 5-shot", "maml", "99.0"),
+        ("5-way 5-shot", "fomaml", "")]
+    r1 = rows[0]
+    assert float(r1["ours_mean"]) == pytest.approx(98.5)
+    assert float(r1["ours_ci95"]) == pytest.approx(1.96 * 5 * math.sqrt(N / (N - 1)) / math.sqrt(N))
+    assert float(r1["diff"]) == pytest.approx(-0.2)
+    assert r1["paper_in_ci"] == "yes" and r1["backbone"] == "conv4-64" and r1["paper_backbone"] == "conv4-64"
+    assert r1["budget"] == "500 it × 8 tasks (default)" and r1["profile"] == "default"
+    assert r1["ci_over"] == f"episodes (n={N})"
+    assert rows[1]["paper_in_ci"] == "no"                   # mean ~80 vs 99.9
+    assert rows[3]["paper_in_ci"] == "—" and rows[3]["diff"] == ""
+    fo = rows[3]
+    assert float(fo["vs_maml_diff"]) == pytest.approx(2.0)
+    assert float(fo["vs_maml_ci95"]) == pytest.approx(1.96 * math.sqrt(N / (N - 1)) / math.sqrt(N))
+    assert int(fo["vs_maml_n"]) == N and float(fo["vs_maml_p_t"]) < 1e-10
+    assert rows[0]["vs_maml_diff"] == ""                    # MAML is the reference
+    md = md_path.read_text()
+    assert md.startswith("# MAML few-shot\n")
+    assert "| Dataset | Setting | Method |" in md and "| Omniglot | 5-way 1-shot | MAML | conv4-64 |" in md
+    assert "98.50 ± 0.40" in md and "98.7 ± 0.4" in md and "+2.00 ± 0.08" in md and "< 0.001 / < 0.001" in md
+    assert "## Notes" in md and "1.96 · std / √n" in md and f"{N} fixed test episodes (15 query" in md
+    assert "**default**" in md and "Finn et al. 2017 (MAML): MAML paper Table 1" in md
+    assert "Other 2020: Other paper Table 9" in md and str(paper) in md
+
+
+def test_paired_comparison_needs_same_episode_set(tmp_path, paper):
+    a = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(90, 5), episode_set="E1")
+    b = write_eval(tmp_path, "omniglot", "fomaml", 5, 1, 0, alternating(91, 5), episode_set="OTHER")
+    _, csv_path = tables.make_table([a, b], tmp_path / "t.md", "t", paper)
+    assert [r["vs_maml_diff"] for r in read_csv(csv_path)] == ["", ""]
+
+
+def test_several_seeds_use_ci_across_seeds(tmp_path, paper):
+    paths = [write_eval(tmp_path, "omniglot", "maml", 5, 1, s, alternating(m, 5)) for s, m in [(0, 90.0), (1, 92.0)]]
+    _, csv_path = tables.make_table(paths, tmp_path / "t.md", "t", paper)
+    (row,) = read_csv(csv_path)
+    assert float(row["ours_mean"]) == pytest.approx(91.0)
+    assert float(row["ours_ci95"]) == pytest.approx(12.7062 * math.sqrt(2.0) / math.sqrt(2), rel=1e-4)
+    assert row["ci_over"] == "seeds (n=2)" and row["seeds"] == "0 1"
+    assert "t(0.975, s−1)" in (tmp_path / "t.md").read_text()
+
+
+def test_sinusoid_compares_paper_with_one_inner_step(tmp_path, paper):
+    steps = {str(k): {"mean": 3.0 / (k + 1), "ci95": 0.1} for k in range(11)}
+    steps["1"] = {"mean": 0.9, "ci95": 0.1}
+    e = write_eval(tmp_path, "sinusoid", "maml", 1, 10, 0, alternating(0.3, 0.5), metric="mse", by_step=steps)
+    md_path, csv_path = tables.make_table([e], tmp_path / "sin.md", "sinusoid", paper)
+    (row,) = read_csv(csv_path)
+    assert row["setting"] == "10-shot" and row["ways"] == "" and row["backbone"] == "mlp-40-40"
+    assert row["paper_method"] == "MAML (5-shot meta-training)" and row["compared_at"] == "1 inner step"
+    assert float(row["diff"]) == pytest.approx(0.9 - 0.85) and row["paper_in_ci"] == "yes"
+    assert float(row["ours_step1_mean"]) == pytest.approx(0.9) and float(row["ours_mean"]) == pytest.approx(0.3)
+    md = md_path.read_text()
+    assert "Ours, 1 step (MSE)" in md and "Ours, K steps (MSE)" in md and "0.900 ± 0.100" in md
+    assert "(K=10)" in md and "after one inner step" in md
+
+
+def test_repo_paper_csv_is_a_full_copy_and_gives_one_line_per_matching_row(tmp_path):
+    repo_csv = REPO / "config" / "paper_results.csv"
+    shared = REPO.parent / "shared" / "reference" / "paper_results.csv"
+    if shared.exists():
+        assert repo_csv.read_bytes() == shared.read_bytes()
+    rows = tables.load_paper_results(repo_csv)
+    assert len(rows) >= 70 and {r.metric for r in rows} == {"accuracy", "mse"}
+    e = write_eval(tmp_path, "miniimagenet", "maml", 5, 5, 0, alternating(60, 20))
+    _, csv_path = tables.make_table([e], tmp_path / "mini.md", "mini", repo_csv)
+    got = {(r["paper"], r["paper_value"]) for r in read_csv(csv_path)}
+    assert ("Finn et al. 2017 (MAML)", "63.11") in got and ("Rajasegaran et al. 2020 (PAMELA)", "63.11") in got
+    assert ("Sun et al. 2019 (MTL)", "73.1") in got                     # "MAML (ResNet-12)" variant
+    assert all(p != "PAMELA" for p, _ in got)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "cannot read evaluation file"),
+    ("{not json", "not valid JSON"),
+    (json.dumps({"run": {"dataset": "omniglot"}, "metric": "accuracy", "mean": 1.0}), "missing key 'ci95'"),
+    (json.dumps({"run": {"dataset": "omniglot", "method": "maml", "ways": 5, "shots": 1, "seed": 0},
+                 "metric": "accuracy", "mean": "high", "ci95": 1.0}), "'mean' = 'high' is not a number"),
+])
+def test_bad_eval_json_names_the_file(tmp_path, paper, capsys, content, needle):
+    bad = tmp_path / "results" / "x" / "eval.json"
+    if content is not None:
+        bad.parent.mkdir(parents=True)
+        bad.write_text(content)
+    with pytest.raises(MetareproError, match=needle) as exc:
+        tables.make_table([bad], tmp_path / "t.md", "t", paper)
+    assert str(bad) in str(exc.value)
+    rc = cli.main(["table", "--name", "t", "--title", "T", "--paper", str(paper), "--out", str(tmp_path / "t.md"),
+                   str(bad)])
+    assert rc == 1 and str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.csv").exists()
+
+
+# ----------------------------------------------------------------------------- figures + index + CLI
+
+def _train_log(run_dir: Path, final: float) -> None:
+    lines = ["iteration,meta_loss,meta_metric,val_mean,val_ci95,lr,elapsed_s"]
+    for it in range(1, 201):
+        val = f"{final * it / 200:.3f},1.5" if it % 50 == 0 else ","
+        lines.append(f"{it},{2.0 / it:.4f},{final * it / 200:.3f},{val},0.001,{it * 0.1:.1f}")
+    (run_dir / "train_log.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_cli_end_to_end_figures_and_index(tmp_path, paper, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ev_maml = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(95, 5))
+    ev_fo = write_eval(tmp_path, "omniglot", "fomaml", 5, 1, 0, alternating(94, 5))
+    for ev, final in [(ev_maml, 95.0), (ev_fo, 94.0)]:
+        _train_log(ev.parent, final)
+    x = np.linspace(-5, 5, 50)
+    fit = {"amplitude": 3.1, "phase": 1.2, "x_support": [-1.0, 0.0, 2.0], "y_support": [0.1, 2.9, -1.0],
+           "x_grid": x.tolist(), "y_true": (3.1 * np.sin(x - 1.2)).tolist(),
+           "y_pred": {"0": np.zeros(50).tolist(), "1": np.sin(x).tolist(), "10": (3 * np.sin(x - 1)).tolist()}}
+    steps = {str(k): {"mean": 2.0 / (k + 1), "ci95": 0.1} for k in range(11)}
+    ev_sin = write_eval(tmp_path, "sinusoid", "maml", 1, 10, 0, alternating(0.3, 0.2), metric="mse",
+                        by_step=steps, fits=[fit, fit])
+
+    assert cli.main(["table", "--name", "maml_fewshot", "--title", "MAML few-shot", "--paper", str(paper),
+                     "--out", "reports/tables/maml_fewshot.md", str(ev_maml), str(ev_fo)]) == 0
+    figs = {"curves": [str(ev_maml.parent), str(ev_fo.parent)], "inner_steps": [str(ev_maml), str(ev_fo), str(ev_sin)],
+            "sinusoid_fits": [str(ev_sin)]}
+    for kind, inputs in figs.items():
+        assert cli.main(["report", "figure", "--kind", kind, "--out", f"reports/figures/maml_{kind}.png", *inputs]) == 0
+        png = tmp_path / "reports" / "figures" / f"maml_{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert figures.read_png_profile(png) == "default"
+
+    files = ["reports/tables/maml_fewshot.md", "reports/tables/maml_fewshot.csv"] + \
+        [f"reports/figures/maml_{k}.png" for k in figs]
+    assert cli.main(["index", "--out", "reports/README.md", *files]) == 0
+    readme = (tmp_path / "reports" / "README.md").read_text()
+    assert "[MAML few-shot](tables/maml_fewshot.md)" in readme and "[csv](tables/maml_fewshot.csv)" in readme
+    for kind in figs:
+        assert f"(figures/maml_{kind}.png)" in readme
+    assert "MAML: test score (mean ± 95% CI) vs number of inner gradient steps" in readme
+    assert cli.figure_caption("fomaml_cifarfs_curves").startswith("FO-MAML CIFAR-FS: meta-training")
+    assert "- **default**: table `maml_fewshot`, figure `maml_curves`" in readme
+
+
+def test_figure_errors_name_the_file(tmp_path):
+    ev = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(95, 5))
+    with pytest.raises(MetareproError, match="no 'fits'") as exc:
+        figures.figure_sinusoid_fits([ev], tmp_path / "f.png")
+    assert str(ev) in str(exc.value)
+    with pytest.raises(MetareproError, match="train_log.csv"):
+        figures.figure_curves([ev.parent], tmp_path / "c.png")          # no train_log.csv written
+    assert cli.main(["index", "--out", str(tmp_path / "R.md"), str(tmp_path / "missing.md")]) == 1
+
+
+def test_method_labels():
+    assert tables.method_label("maml") == "MAML" and tables.method_label("mamlpp+cml") == "MAML++ + CML"
+    assert tables.method_label("nearest_neighbor") == "Nearest-neighbor baseline"
+    assert tables.method_label("newthing") == "newthing"
+
+
+def test_report_package_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, metarepro.report.cli, metarepro.report.tables, metarepro.report.figures; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
