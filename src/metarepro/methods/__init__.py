@@ -6,14 +6,19 @@ from typing import Any
 from torch import nn
 
 from .base import Learner, MetaLearner, Task
+from .finetune import Finetune
 from .maml import FOMAML, MAML
 from .mamlpp import MAMLpp
+from .matchingnet import MatchingNet
 from .metalstm import MetaLSTM
 from .metasgd import MetaSGD
+from .nearest_neighbor import NearestNeighbor
 from .pamela import PAMELA
+from .protonet import ProtoNet
 
 METHODS: dict[str, type[MetaLearner]] = {
     "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
+    "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 
 

@@ -14,11 +14,15 @@ How the planned methods fit (sketched against these seams before fixing them):
 - CML: a modifier overriding `meta_loss` (adds gamma * co-learner loss).
 - O-AMFS: a modifier overriding `meta_step` (cosine-weighted task gradients).
 - Hard-task meta-batch: a TaskSampler whose `feedback(tasks, losses)` re-samples the hardest classes.
+- ProtoNet / Matching Nets / nearest neighbour: closed-form "adaptation" (0 inner steps) that yields a
+  ClosedFormLearner classifying by the support embeddings (`embed`).
+- Fine-tune / nearest-neighbour baselines: `needs_pretrained` (the training loop loads the pretrain stage's
+  backbone) and `meta_trainable = False` (nothing to meta-train: the loop runs 0 iterations).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +58,26 @@ class Learner:
         return self.meta.forward_with(self.params, x, self.step)
 
 
+class ClosedFormLearner(Learner):
+    """A learner adapted in closed form (prototypes, attention over the support set): no parameter dict,
+    predictions come from `predict` (x (B, ...) -> logits (B, ways))."""
+
+    def __init__(self, meta: "MetaLearner", predict: Callable[[Tensor], Tensor], step: int = 0) -> None:
+        super().__init__(meta, {}, step)
+        self.predict = predict
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.predict(x)
+
+
 class MetaLearner(nn.Module):
     """Base class. Subclasses set `name` and override `inner_update` (or `adapt_trajectory`)."""
 
     name = "base"
+    # Starts from the pretrain stage's backbone (metarepro.pretrain); must agree with config.PRETRAINED_METHODS.
+    needs_pretrained = False
+    # False: no meta-parameters to learn (baselines); the training loop then runs 0 iterations.
+    meta_trainable = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_steps: int = 1,
                  eval_inner_steps: int | None = None, first_order: bool = False) -> None:
@@ -77,6 +97,14 @@ class MetaLearner(nn.Module):
 
     def forward_with(self, params: Params, x: Tensor, step: int = 0) -> Tensor:
         return functional_call(self.model, params, (x,))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The backbone's features without its classifier head: (B, ...) -> (B, feature_dim)."""
+        features = getattr(self.model, "features", None)
+        if features is None:
+            raise TypeError(f"{type(self.model).__name__} has no `features` module: {self.name} needs the "
+                            "backbone's embedding (every backbone in metarepro.models has one)")
+        return features(x)
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task_type == "classification":
