@@ -1,4 +1,4 @@
-# metarepro: data -> meta-train -> evaluate -> report for every run the config lists.
+# metarepro: data -> (pretrain) -> meta-train -> evaluate -> report for every run the config lists.
 # Run `snakemake --cores N` from the repository root (see README); rules live in workflow/rules/.
 import sys
 
@@ -32,6 +32,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/metatrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

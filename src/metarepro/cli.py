@@ -1,4 +1,4 @@
-"""`python -m metarepro {download,prepare,metatrain,evaluate,report}`: the one entry point every rule calls.
+"""`python -m metarepro {download,prepare,pretrain,metatrain,evaluate,report}`: the one entry point every rule calls.
 
 Each subcommand validates its inputs before doing any work, so a bad value fails fast with a message
 naming it; outputs are written atomically.
@@ -59,6 +59,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_config(args: argparse.Namespace):
+    from .config import PretrainConfig, load_config, resolve_pretrain
+
+    if args.run:
+        return PretrainConfig.from_dict(_json_arg(args.run, "--run"))
+    missing = [f"--{k}" for k in ("dataset", "backbone") if getattr(args, k) is None]
+    if missing:
+        raise MetareproError(f"give either --run JSON or --config with {', '.join(missing)}")
+    return resolve_pretrain(load_config(*args.config), args.dataset, args.backbone, args.seed)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain
+
+    pretrain(_pretrain_config(args), threads=args.threads, progress=not args.no_progress, device=args.device)
+    return 0
+
+
 def cmd_metatrain(args: argparse.Namespace) -> int:
     from .train import metatrain
 
@@ -92,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--raw", required=True)
     pr.add_argument("--out", required=True)
     pr.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("pretrain", help="train a classifier on all meta-train classes -> backbone.pt (resumes)")
+    t.add_argument("--run", help="resolved pretrain config as JSON (what Snakemake passes)")
+    t.add_argument("--config", nargs="+", default=["config/config.yaml"], help="config file(s), for by-hand use")
+    t.add_argument("--dataset")
+    t.add_argument("--backbone", help="backbone label of the output path, e.g. conv4-64")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    t.set_defaults(func=cmd_pretrain)
 
     for name, fn, helptext in (("metatrain", cmd_metatrain, "meta-train one run (resumes from its checkpoint)"),):
         m = sub.add_parser(name, help=helptext)

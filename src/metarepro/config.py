@@ -26,6 +26,13 @@ class ConfigError(MetareproError):
     """A configuration problem; the message names the offending key and the allowed values."""
 
 
+# Methods that start from the backbone of the `pretrain` stage: Snakemake adds its backbone.pt to their
+# metatrain inputs and resolve_run puts its path in RunConfig.pretrained. A torch-free table because the
+# Snakefile must not import the method classes; tests/unit/test_config.py checks it equals the classes'
+# `needs_pretrained` attribute.
+PRETRAINED_METHODS: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+
+
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
@@ -128,6 +135,10 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
         if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
+        needs = sorted(set(exp["methods"]) & PRETRAINED_METHODS)
+        if needs and exp["dataset"] == "sinusoid":
+            problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
+                            f"dataset 'sinusoid' has no classes to pretrain on")
         for shot in exp["train_overrides"]:
             if int(shot) not in exp["shots"]:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
@@ -182,9 +193,15 @@ class RunConfig:
     evaluation: dict
     profile: str = "default"
     run_dir: str = ""
+    pretrained: str = ""    # backbone.pt of the pretrain stage, for methods in PRETRAINED_METHODS; else ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # Left out when empty, so runs that use no pretrained backbone keep the exact config (and Snakemake
+        # params) they had before this field existed: adding it must not re-run every finished job.
+        if not d["pretrained"]:
+            del d["pretrained"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -206,6 +223,27 @@ def run_dir(cfg: dict, dataset: str, method: str, ways: int, shots: int, seed: i
     return f"{cfg['results_dir']}/{dataset}/{method}/{ways}way{shots}shot/seed{seed}"
 
 
+def backbone_label(backbone: str, backbone_args: dict) -> str:
+    """The backbone's identity as one path segment: 'conv4-64' (filters), 'mlp-40x40' (hidden),
+    'resnet12-64-drop0.1'; other args as '-<key><value>'. Args left at the class default are not
+    filled in (Snakemake must not import torch), so `conv4` with no args is labelled 'conv4'."""
+    parts = [backbone]
+    args = dict(backbone_args)
+    if args.get("filters") is not None:
+        parts.append(str(args.pop("filters")))
+    if args.get("hidden") is not None:
+        parts.append("x".join(str(h) for h in args.pop("hidden")))
+    if args.get("drop_rate") is not None:
+        parts.append(f"drop{args.pop('drop_rate')}")
+    parts += [f"{k}{v}" for k, v in sorted(args.items())]
+    return "-".join(parts)
+
+
+def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, seed: int) -> str:
+    """{results_dir}/{dataset}/pretrain/{backbone label}/seed{seed}: one pretraining per dataset, backbone, seed."""
+    return f"{cfg['results_dir']}/{dataset}/pretrain/{backbone_label(backbone, backbone_args)}/seed{seed}"
+
+
 def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) -> RunConfig:
     if experiment not in cfg["experiments"]:
         raise ConfigError(f"unknown experiment {experiment!r}; allowed: {', '.join(cfg['experiments'])}")
@@ -218,6 +256,8 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
     train = dict(exp["train"])
     train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
     dataset = exp["dataset"]
+    pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed)}/backbone.pt"
+                  if method in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
         dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
@@ -226,8 +266,84 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
         method=method, method_args=dict(exp["methods"][method]),
         ways=exp["ways"], shots=shots, seed=seed, train=train,
         evaluation=dict(cfg["evaluation"]), profile=cfg["profile"],
-        run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed),
+        run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed), pretrained=pretrained,
     )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run (a classifier over all meta-train classes); saved as config.yaml beside backbone.pt."""
+    dataset: str
+    dataset_args: dict
+    data_dir: str
+    backbone: str
+    backbone_args: dict
+    seed: int
+    pretrain: dict          # the dataset's resolved `pretrain:` block
+    val_seed: int           # evaluation.seed: the fixed validation episodes are those meta-training validates on
+    profile: str = "default"
+    out_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown pretrain-config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    dataset: str
+    backbone: str
+    backbone_args: dict
+    label: str
+    seed: int
+    out_dir: str
+
+
+def iter_pretrains(cfg: dict) -> list[Pretrain]:
+    """The pretraining runs the config needs: one per (dataset, backbone, seed) of every experiment that has
+    a method in PRETRAINED_METHODS, in a stable order without duplicates."""
+    out: dict[str, Pretrain] = {}
+    for exp in cfg["experiments"].values():
+        if not set(exp["methods"]) & PRETRAINED_METHODS:
+            continue
+        for seed in cfg["seeds"]:
+            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed)
+            out.setdefault(d, Pretrain(exp["dataset"], exp["backbone"], dict(exp["backbone_args"]),
+                                       backbone_label(exp["backbone"], exp["backbone_args"]), seed, d))
+    return list(out.values())
+
+
+def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> PretrainConfig:
+    """The PretrainConfig of {results_dir}/{dataset}/pretrain/{label}/seed{seed}."""
+    found = [p for p in iter_pretrains(cfg) if (p.dataset, p.label, p.seed) == (dataset, label, seed)]
+    if not found:
+        known = sorted({f"{p.dataset}/{p.label}/seed{p.seed}" for p in iter_pretrains(cfg)})
+        raise ConfigError(f"no experiment needs pretraining for dataset={dataset} backbone={label} seed={seed} "
+                          f"(only experiments listing {', '.join(sorted(PRETRAINED_METHODS))} do); "
+                          f"needed: {', '.join(known) or '(none)'}")
+    p = found[0]
+    return PretrainConfig(
+        dataset=dataset, dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
+        data_dir=f"{cfg['data']['dir']}/{dataset}", backbone=p.backbone, backbone_args=dict(p.backbone_args),
+        seed=seed, pretrain=dict(cfg["pretrain"].get(dataset) or _pretrain_defaults(dataset)),
+        val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)
+
+
+def _pretrain_defaults(dataset: str) -> dict:
+    """Defaults of a dataset's `pretrain:` block when the config does not mention the dataset."""
+    cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": {
+        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    return cfg["pretrain"][dataset]
 
 
 def _dataset_defaults(dataset: str) -> dict:

@@ -24,8 +24,8 @@ from . import data as datasets
 from . import methods, models
 from .config import RunConfig
 from .methods.base import MetaLearner
-from .utils import (atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads, write_text_atomic,
-                    write_yaml_atomic)
+from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads,
+                    write_text_atomic, write_yaml_atomic)
 
 log = logging.getLogger("metarepro.train")
 
@@ -77,9 +77,22 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     ckpt_path = out / "checkpoints" / "last.pt"
     tr = run.train
     learner = build_learner(run).to(device)
+    if learner.needs_pretrained:
+        if not run.pretrained:
+            raise MetareproError(f"method {run.method!r} starts from a pretrained backbone, but the run config has no "
+                                 "'pretrained' path (metarepro.config.resolve_run fills it in)")
+        from .pretrain import load_backbone   # the pretrain stage imports this module
+        load_backbone(learner.model, run.pretrained, run.backbone, run.backbone_args)
     learner.train()
-    optimizer = torch.optim.Adam(learner.parameters(), lr=tr["meta_lr"])
-    scheduler = learner.make_scheduler(optimizer, tr["iterations"])
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    # Baselines have nothing to meta-train: 0 iterations, no optimizer (Adam rejects an empty parameter list);
+    # model.pt, train_log.csv and config.yaml are still written, with one validation of the initial weights.
+    total = tr["iterations"] if learner.meta_trainable and trainable else 0
+    if total == 0 and tr["iterations"] > 0:
+        log.info("%s has no meta-parameters to train: skipping the %d configured iterations", run.method,
+                 tr["iterations"])
+    optimizer = torch.optim.Adam(trainable, lr=tr["meta_lr"]) if total else None
+    scheduler = learner.make_scheduler(optimizer, total) if optimizer is not None else None
     sampler = datasets.TaskSampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
                                                      run.ways, run.shots, tr["queries"], run.seed))
     val_eps = _val_episodes(run)
@@ -96,6 +109,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         state = None
     if state is not None:
         learner.load_state_dict(state["learner"])
+        assert optimizer is not None   # checkpoints are only written inside the loop, i.e. when total > 0
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -107,7 +121,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     t0 = time.perf_counter() - elapsed_before
     if progress is None:
         progress = True
-    bar = tqdm(range(start, tr["iterations"]), initial=start, total=tr["iterations"], desc=f"{run.method} {run.dataset} "
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"{run.method} {run.dataset} "
                f"{run.ways}w{run.shots}s", file=sys.stderr, disable=not progress,
                mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     for it in bar:
@@ -119,7 +133,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                "val_ci95": "", "lr": optimizer.param_groups[0]["lr"], "elapsed_s": 0.0}
         if scheduler is not None:
             scheduler.step()
-        if (it + 1) % tr["val_every"] == 0 or it + 1 == tr["iterations"]:
+        if (it + 1) % tr["val_every"] == 0 or it + 1 == total:
             vm, vc = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
             row["val_mean"], row["val_ci95"] = vm, vc
             if best["val_mean"] is None or better(vm, best["val_mean"]):
@@ -129,7 +143,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
             log.info("iter %d loss %.4f train %.3f val %.3f +- %.3f", it + 1, stats["loss"], stats["metric"], vm, vc)
         row["elapsed_s"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-        if (it + 1) % tr["checkpoint_every"] == 0 and it + 1 < tr["iterations"]:
+        if (it + 1) % tr["checkpoint_every"] == 0 and it + 1 < total:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"run": run.to_dict(), "iteration": it + 1, "learner": learner.state_dict(),
                             "optimizer": optimizer.state_dict(),
@@ -137,12 +151,18 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "torch_rng": torch.get_rng_state(), "rows": rows, "best": best,
                             "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
+    if total == 0:
+        vm, vc = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
+        best = {"iteration": 0, "val_mean": vm, "val_ci95": vc, "state": None}
+        rows = [{"iteration": 0, "meta_loss": "", "meta_metric": "", "val_mean": vm, "val_ci95": vc, "lr": "",
+                 "elapsed_s": round(time.perf_counter() - t0, 3)}]
+        log.info("validation of the initial weights: %.3f +- %.3f", vm, vc)
     wall = time.perf_counter() - t0
 
     last_state = {k: v.detach().cpu() for k, v in learner.state_dict().items()}
     final = {"run": run.to_dict(), "state": best["state"] if best["state"] is not None else last_state,
              "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
-             "iterations": tr["iterations"], "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
+             "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
              "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device}
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from metarepro.config import (ConfigError, RunConfig, find_experiment, iter_runs, load_config, load_schema,
-                              resolve_run, run_dir, used_datasets, validate_config)
+from metarepro.config import (PRETRAINED_METHODS, ConfigError, RunConfig, backbone_label, find_experiment,
+                              iter_pretrains, iter_runs, load_config, load_schema, resolve_pretrain, resolve_run,
+                              run_dir, used_datasets, validate_config)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -105,6 +108,12 @@ BAD = {
     "report of unknown experiment": (_edit("reports/test_fewshot/experiments", ["omniglot", "nope"]),
                                      ["reports.test_fewshot.experiments", "nope"]),
     "sinusoid with conv4": (_edit("experiments/sinusoid/backbone", "conv4"), ["experiments.sinusoid.backbone"]),
+    "unknown pretrain key": (_edit("pretrain", {"omniglot": {"epochs": 1, "learning_rate": 0.1}}),
+                             ["pretrain.omniglot.learning_rate", "lr", "batch_size"]),
+    "pretrain of unknown dataset": (_edit("pretrain", {"omniglott": {}}), ["pretrain.omniglott", "omniglot"]),
+    "pretrain epochs 0": (_edit("pretrain", {"omniglot": {"epochs": 0}}), ["pretrain.omniglot.epochs", "> 0"]),
+    "finetune on sinusoid": (_edit("experiments/sinusoid/methods/finetune", {}),
+                             ["experiments.sinusoid.methods", "finetune", "sinusoid"]),
 }
 
 
@@ -180,3 +189,55 @@ def test_schema_backbones_equal_registry() -> None:
     from metarepro.models import BACKBONES
 
     assert set(load_schema()["$defs"]["experiment"]["properties"]["backbone"]["enum"]) == set(BACKBONES)
+
+
+def test_pretrained_methods_table_equals_the_classes() -> None:
+    """config.PRETRAINED_METHODS is the torch-free copy (for Snakemake) of the classes' `needs_pretrained`."""
+    from metarepro.methods import METHODS
+
+    assert PRETRAINED_METHODS == {name for name, cls in METHODS.items() if cls.needs_pretrained}
+
+
+def _with_baselines() -> dict:
+    raw = _raw()
+    raw["experiments"]["omniglot"]["methods"].update(finetune={"steps": 3}, nearest_neighbor=None, protonet=None)
+    raw["pretrain"] = {"omniglot": {"epochs": 0.5, "batch_size": 32}}
+    return raw
+
+
+def test_pretrained_methods_resolve_to_one_pretrain_run_per_dataset_backbone_seed() -> None:
+    cfg = validate_config(_with_baselines())
+    exp = cfg["experiments"]["omniglot"]
+    label = backbone_label("conv4", exp["backbone_args"])
+    assert label == "conv4-8" and backbone_label("conv4", {"filters": 64}) == "conv4-64"
+    assert backbone_label("mlp", {"hidden": [40, 40]}) == "mlp-40x40" and backbone_label("conv4", {}) == "conv4"
+    expected = f"{cfg['results_dir']}/omniglot/pretrain/conv4-8/seed0/backbone.pt"
+    assert resolve_run(cfg, "omniglot", "finetune", 1, 0).pretrained == expected
+    assert resolve_run(cfg, "omniglot", "nearest_neighbor", 1, 0).pretrained == expected
+    # methods without pretraining keep the run config (and Snakemake params) they had before the field existed
+    assert "pretrained" not in resolve_run(cfg, "omniglot", "maml", 1, 0).to_dict()
+    assert [p.out_dir for p in iter_pretrains(cfg)] == [expected.rsplit("/", 1)[0]]
+    pc = resolve_pretrain(cfg, "omniglot", "conv4-8", 0)
+    assert pc.pretrain["epochs"] == 0.5 and pc.pretrain["lr"] == 0.001 and pc.backbone_args == {"filters": 8}
+    with pytest.raises(ConfigError, match="conv4-64"):
+        resolve_pretrain(cfg, "omniglot", "conv4-64", 0)
+
+
+def test_dry_run_schedules_pretraining_as_input_of_the_baselines(tmp_path: Path) -> None:
+    raw = _with_baselines()
+    raw["results_dir"] = str(tmp_path / "results")
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "-p", "--forceall", "--configfile",
+                           str(configfile)], cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    backbone = f"{tmp_path}/results/omniglot/pretrain/conv4-8/seed0/backbone.pt"
+    assert "rule pretrain:" in text and f"output: {backbone}" in text and "metarepro pretrain --run" in text
+    blocks = text.split("rule ")
+    users = [b for b in blocks if b.startswith("metatrain:") and backbone in b.split("output:")[0]]
+    assert sorted(m for b in users for m in ("finetune", "nearest_neighbor") if f"/omniglot/{m}/" in b) == [
+        "finetune", "nearest_neighbor"]
+    assert not any(backbone in b.split("output:")[0] for b in blocks
+                   if b.startswith("metatrain:") and ("/omniglot/maml/" in b or "/omniglot/protonet/" in b))

@@ -9,7 +9,8 @@ import math
 import os
 import re
 
-from metarepro.config import find_experiment, iter_runs, resolve_run, used_datasets
+from metarepro.config import (find_experiment, iter_pretrains, iter_runs, resolve_pretrain, resolve_run,
+                              used_datasets)
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -19,6 +20,7 @@ RAW = config["data"]["raw_dir"]
 LOGS = f"logs/{config['profile']}"
 RUN = f"{RESULTS}/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}"
 RUN_LOG = "{dataset}/{method}/{ways}way{shots}shot/seed{seed}.log"
+PRETRAIN = f"{RESULTS}/{{dataset}}/pretrain/{{backbone}}/seed{{seed}}"
 # Where raw archives come from: METAREPRO_MIRROR overrides data.mirror; "none" = the official URLs.
 MIRROR = os.environ.get("METAREPRO_MIRROR", config["data"]["mirror"]) or "none"
 GENERATED = {"sinusoid"}  # datasets sampled on the fly: no download, no prepare
@@ -28,6 +30,8 @@ SPLITS = ("train", "val", "test")
 MEM_MB = {"sinusoid": 1000, "omniglot": 4000, "cifarfs": 6000, "fc100": 6000, "miniimagenet": 12000,
           "cub": 12000, "tieredimagenet": 32000}
 SECONDS_PER_TASK = {"mlp": 0.005, "conv4": 0.1, "resnet12": 2.0}
+# Pretraining seconds per image on one CPU core (forward + backward), by backbone: scheduler hints only.
+SECONDS_PER_IMAGE = {"conv4": 0.003, "resnet12": 0.05}
 
 
 def _alternatives(names):
@@ -79,6 +83,34 @@ def train_runtime(wildcards):
                                                 int(wildcards.ways), int(wildcards.shots))]
     per_task = SECONDS_PER_TASK.get(exp["backbone"], 1.0)
     return 10 + math.ceil(exp["train"]["iterations"] * exp["train"]["meta_batch"] * per_task / 60)
+
+
+def pretrains():
+    """Every (dataset, backbone, seed) pretraining that the config's methods need."""
+    return iter_pretrains(config)
+
+
+def pretrain_config(wildcards):
+    """The resolved PretrainConfig (JSON): a param, so editing a dataset's `pretrain:` block re-runs it."""
+    return resolve_pretrain(config, wildcards.dataset, wildcards.backbone, int(wildcards.seed)).to_json()
+
+
+def pretrained_input(wildcards):
+    """The pretrain stage's backbone.pt for methods that start from it (none for the others)."""
+    w = wildcards
+    exp = find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots))
+    path = resolve_run(config, exp, w.method, int(w.shots), int(w.seed)).pretrained
+    return [path] if path else []
+
+
+def pretrain_runtime(wildcards):
+    """Minutes a pretraining job may take (a generous estimate from the config and meta.json's image count)."""
+    pc = json.loads(pretrain_config(wildcards))
+    meta = f"{DATA}/{wildcards.dataset}/meta.json"
+    images = json.load(open(meta))["splits"]["train"]["images"] if os.path.exists(meta) else 50000
+    images *= 4 if pc["dataset_args"].get("rotations") else 1
+    seconds = pc["pretrain"]["epochs"] * images * SECONDS_PER_IMAGE.get(pc["backbone"], 0.05)
+    return 10 + math.ceil(seconds / 60)
 
 
 def report_runs(name, dataset=None):

@@ -3,7 +3,9 @@
 
 rule metatrain:
     input:
-        lambda w: prepared(w.dataset),
+        data=lambda w: prepared(w.dataset),
+        # backbone.pt of the pretrain stage, for methods that start from it (finetune, nearest_neighbor)
+        pretrained=pretrained_input,
     output:
         # The CLI also keeps an undeclared checkpoints/last.pt here and resumes from it, so a killed
         # job that Snakemake re-runs (profile: rerun-incomplete) picks up where it stopped.

@@ -1,0 +1,29 @@
+# Pretraining of a classifier over all meta-train classes, once per (dataset, backbone, seed), for the methods
+# in metarepro.config.PRETRAINED_METHODS -> {results_dir}/{dataset}/pretrain/{backbone}/seed{seed}/backbone.pt.
+# {backbone} is the backbone label (metarepro.config.backbone_label: the name plus its args, e.g. conv4-64).
+
+
+rule pretrain:
+    input:
+        lambda w: prepared(w.dataset),
+    output:
+        # The CLI also keeps an undeclared checkpoints/last.pt here and resumes from it (as metatrain does).
+        backbone=f"{PRETRAIN}/backbone.pt",
+        train_log=f"{PRETRAIN}/train_log.csv",
+        config=f"{PRETRAIN}/config.yaml",
+    log:
+        f"{LOGS}/pretrain/{{dataset}}/{{backbone}}/seed{{seed}}.log",
+    wildcard_constraints:
+        backbone=_alternatives({p.label for p in pretrains()}),
+    conda:
+        "../../environment.yml"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
+        runtime=pretrain_runtime,
+        gpu=config.get("gpu", 0),
+    params:
+        # The whole resolved pretrain config: editing the dataset's `pretrain:` block re-runs it (and its users).
+        run=pretrain_config,
+    shell:
+        "PYTHONPATH=src python -m metarepro pretrain --run {params.run:q} --threads {threads} > {log:q} 2>&1"
