@@ -7,24 +7,10 @@ from torch import nn
 from metarepro.methods import build
 from metarepro.methods.base import Task
 
-
-class Linear1D(nn.Module):
-    """y = w x + b: small enough to write MAML's Hessian by hand."""
-
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
-        self.b = nn.Parameter(torch.tensor([b], dtype=torch.float64))
-
-    def forward(self, x):
-        return x * self.w + self.b
-
-
-def _regression_task():
-    x = np.array([[0.5], [-1.2], [2.0]]); y = np.array([[1.0], [0.3], [-0.7]])
-    u = np.array([[1.5], [-0.4]]); v = np.array([[0.2], [1.1]])
-    t = lambda a: torch.tensor(a, dtype=torch.float64)
-    return (x, y, u, v), Task(t(x), t(y), t(u), t(v))
+try:  # pytest's rootdir import mode puts tests/unit on sys.path
+    from .tiny import Linear1D, regression_task
+except ImportError:
+    from tiny import Linear1D, regression_task
 
 
 def _hand_maml(w, b, alpha, x, y, u, v):
@@ -44,7 +30,7 @@ def _hand_maml(w, b, alpha, x, y, u, v):
 @pytest.mark.parametrize("method,first_order", [("maml", False), ("fomaml", True)])
 def test_one_step_and_meta_gradient_match_hand_computation(method, first_order):
     w, b, alpha = 0.7, -0.2, 0.05
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     learner = build(method, Linear1D(w, b), "regression", inner_lr=alpha, inner_steps=1)
     learner.train()
     (w1, b1), loss_q, second, first = _hand_maml(w, b, alpha, x, y, u, v)
@@ -65,7 +51,7 @@ def test_one_step_and_meta_gradient_match_hand_computation(method, first_order):
 
 def test_meta_step_averages_tasks_and_applies_adam():
     w, b, alpha = 0.7, -0.2, 0.05
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     task2 = Task(task.x_query, task.y_query, task.x_support, task.y_support)
     learner = build("maml", Linear1D(w, b), "regression", inner_lr=alpha)
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
@@ -94,7 +80,7 @@ def test_classification_inner_step_matches_softmax_gradient():
 
 
 def test_evaluation_does_not_touch_meta_parameters_and_reports_every_step():
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     learner = build("maml", Linear1D(0.7, -0.2), "regression", inner_lr=0.05, eval_inner_steps=4)
     learner.eval()
     scores = learner.evaluate_task(task)

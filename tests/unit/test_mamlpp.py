@@ -13,27 +13,13 @@ from metarepro.methods.maml import MAML
 from metarepro.methods.mamlpp import MAMLpp, msl_weights
 from metarepro.models.conv4 import Conv4
 
+try:  # pytest's rootdir import mode puts tests/unit on sys.path
+    from .tiny import Linear1D, regression_task
+except ImportError:
+    from tiny import Linear1D, regression_task
+
 OFF = dict(multi_step_loss=False, per_step_bn=False, lslr=False, derivative_order_annealing=False,
            cosine_annealing=False)
-
-
-class Linear1D(nn.Module):
-    """y = w x + b: small enough to write the Hessian by hand."""
-
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
-        self.b = nn.Parameter(torch.tensor([b], dtype=torch.float64))
-
-    def forward(self, x):
-        return x * self.w + self.b
-
-
-def _regression_task():
-    x = np.array([[0.5], [-1.2], [2.0]]); y = np.array([[1.0], [0.3], [-0.7]])
-    u = np.array([[1.5], [-0.4]]); v = np.array([[0.2], [1.1]])
-    t = lambda a: torch.tensor(a, dtype=torch.float64)
-    return (x, y, u, v), Task(t(x), t(y), t(u), t(v))
 
 
 def _hand_two_steps(theta0, lrs, weights, x, y, u, v, second_order):
@@ -70,7 +56,7 @@ def _lslr_learner(w=0.7, b=-0.2, **kw):
 
 @pytest.mark.parametrize("second_order", [True, False])
 def test_two_lslr_steps_multi_step_loss_and_gradients_to_theta_and_step_lrs(second_order):
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     # MSL over 4 epochs of 1 iteration; at epoch 1 the weights for N=2 are [0.5 - 1/8, 0.5 + 1/8]
     learner = _lslr_learner(multi_step_loss=True, msl_epochs=4, iterations_per_epoch=1, first_order=not second_order)
     learner.set_iteration(1)
@@ -127,7 +113,7 @@ def test_msl_weight_schedule_matches_official_formula():
 
 
 def test_derivative_order_annealing_switches_at_first_order_epochs():
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     learner = _lslr_learner(derivative_order_annealing=True, first_order_epochs=2, iterations_per_epoch=10)
     learner.train()
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)

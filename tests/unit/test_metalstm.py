@@ -10,6 +10,11 @@ from metarepro.methods.base import Task
 from metarepro.methods.metalstm import MetaLSTM, preprocess
 from metarepro.models.conv4 import Conv4
 
+try:  # pytest's rootdir import mode puts tests/unit on sys.path
+    from .tiny import Linear1D
+except ImportError:
+    from tiny import Linear1D
+
 sig = lambda z: 1 / (1 + np.exp(-z))
 
 
@@ -96,16 +101,6 @@ def test_lstm_written_steps_match_numpy_two_layers():
     for t in range(3):
         np.testing.assert_allclose(got[t], want[t], atol=1e-6, rtol=0)
     assert np.abs(want[2] - want[1]).max() > 1e-3          # the LSTM actually moved the parameters
-
-
-class Linear1D(nn.Module):
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
-        self.b = nn.Parameter(torch.tensor([b], dtype=torch.float64))
-
-    def forward(self, x):
-        return x * self.w + self.b
 
 
 def test_meta_gradient_treats_learner_gradient_as_constant():

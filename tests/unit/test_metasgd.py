@@ -8,24 +8,10 @@ from metarepro.methods.base import Task
 from metarepro.methods.metasgd import MetaSGD
 from metarepro.models.conv4 import Conv4
 
-
-class Linear1D(nn.Module):
-    """y = w x + b: small enough to write the Hessian by hand."""
-
-    def __init__(self, w: float, b: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w], dtype=torch.float64))
-        self.b = nn.Parameter(torch.tensor([b], dtype=torch.float64))
-
-    def forward(self, x):
-        return x * self.w + self.b
-
-
-def _regression_task():
-    x = np.array([[0.5], [-1.2], [2.0]]); y = np.array([[1.0], [0.3], [-0.7]])
-    u = np.array([[1.5], [-0.4]]); v = np.array([[0.2], [1.1]])
-    t = lambda a: torch.tensor(a, dtype=torch.float64)
-    return (x, y, u, v), Task(t(x), t(y), t(u), t(v))
+try:  # pytest's rootdir import mode puts tests/unit on sys.path
+    from .tiny import Linear1D, regression_task
+except ImportError:
+    from tiny import Linear1D, regression_task
 
 
 def _hand_metasgd(w, b, aw, ab, x, y, u, v):
@@ -56,7 +42,7 @@ def _learner(w, b, aw, ab, **kw):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_one_step_and_meta_gradients_to_theta_and_alpha(first_order):
     w, b, aw, ab = 0.7, -0.2, 0.05, 0.13      # distinct per-parameter rates: alpha is not a scalar
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     learner = _learner(w, b, aw, ab, first_order=first_order)
     learner.train()
     (w1, b1), loss_q, second, first, alpha_grad = _hand_metasgd(w, b, aw, ab, x, y, u, v)
@@ -78,7 +64,7 @@ def test_one_step_and_meta_gradients_to_theta_and_alpha(first_order):
 
 def test_meta_step_updates_theta_and_alpha_together():
     w, b, aw, ab = 0.7, -0.2, 0.05, 0.13
-    (x, y, u, v), task = _regression_task()
+    (x, y, u, v), task = regression_task()
     learner = _learner(w, b, aw, ab)
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
     learner.meta_step([task], opt)
