@@ -122,6 +122,17 @@ class MetaLearner(nn.Module):
     def inner_update(self, params: Params, grads: dict[str, Tensor], step: int) -> Params:
         raise NotImplementedError
 
+    def support_grads(self, params: Params, task: Task, step: int, create_graph: bool) -> dict[str, Tensor]:
+        """Gradient of the support loss at `params` (inner step `step`) w.r.t. every parameter that requires
+        grad; kept in the graph only for second-order meta-gradients (`create_graph`)."""
+        with torch.enable_grad():
+            loss = self.loss(self.forward_with(params, task.x_support, step), task.y_support)
+            names = [k for k, v in params.items() if v.requires_grad]
+            grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+        if not create_graph:
+            grads = tuple(g.detach() for g in grads)
+        return dict(zip(names, grads))
+
     def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[Learner]:
         """Yield the learner after 0, 1, ..., `steps` inner steps on the support set."""
         params = self.init_params()
@@ -131,13 +142,7 @@ class MetaLearner(nn.Module):
                 else params
         yield Learner(self, params, 0)
         for j in range(steps):
-            with torch.enable_grad():
-                loss = self.loss(self.forward_with(params, task.x_support, j), task.y_support)
-                names = [k for k, v in params.items() if v.requires_grad]
-                grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
-            grads = dict(zip(names, grads))
-            if not create_graph:
-                grads = {k: g.detach() for k, g in grads.items()}
+            grads = self.support_grads(params, task, j, create_graph)
             params = self.inner_update(params, grads, j)
             if not self.training:
                 params = {k: v.detach().requires_grad_(True) for k, v in params.items()}

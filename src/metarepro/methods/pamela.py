@@ -112,13 +112,7 @@ class PAMELA(MetaLearner):
         anchor = params          # theta at the start of the current window of w steps
         yield Learner(self, params, 0)
         for j in range(steps):
-            with torch.enable_grad():
-                loss = self.loss(self.forward_with(params, task.x_support, j), task.y_support)
-                names = [k for k, v in params.items() if v.requires_grad]
-                grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
-            grads = dict(zip(names, grads))
-            if not create_graph:
-                grads = {k: g.detach() for k, g in grads.items()}
+            grads = self.support_grads(params, task, j, create_graph)
             params = self.inner_update(params, grads, j)
             if self.skip and (j + 1) % self.skip_window == 0:
                 params = self.skip_mix(params, anchor, (j + 1) // self.skip_window - 1)
