@@ -9,6 +9,7 @@ import copy
 import difflib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,14 +33,27 @@ class ConfigError(MetareproError):
 # `needs_pretrained` attribute.
 PRETRAINED_METHODS: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
 
+# A method variant `<method>@<tag>` (e.g. `pamela@q_shared`) is the registered method <method> run with the
+# hyperparameters of its own config block, under its own name: so one experiment can run the same method with
+# different switches (an ablation table) without the runs colliding in results/{dataset}/{method}/. The schema
+# validates the block against <method>'s; the registry builds <method>; the report labels it by its full name.
+VARIANT_SEP = "@"
+
+
+def base_method(name: str) -> str:
+    """The registered method behind a method name: 'pamela@q_shared' -> 'pamela'; 'maml' -> 'maml'."""
+    return name.split(VARIANT_SEP, 1)[0]
+
 
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def _extend_with_default(validator_class):
-    """A validator that fills in `default` values while validating (the jsonschema FAQ recipe)."""
+    """A validator that fills in `default` values while validating (the jsonschema FAQ recipe), also for the
+    sub-schemas of patternProperties (method variants such as `pamela@q_shared`)."""
     validate_properties = validator_class.VALIDATORS["properties"]
+    validate_pattern_properties = validator_class.VALIDATORS["patternProperties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -51,7 +65,20 @@ def _extend_with_default(validator_class):
                         instance[prop] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
+    def set_pattern_defaults(validator, patterns, instance, schema):
+        # a pattern's sub-schema applies to existing keys only: fill the defaults inside their (dict) values
+        if isinstance(instance, dict):
+            for pattern, sub in patterns.items():
+                if isinstance(sub, dict) and "$ref" in sub:
+                    sub = _SCHEMA_DEFS[sub["$ref"].split("/")[-1]]
+                for key, value in instance.items():
+                    if isinstance(value, dict) and re.search(pattern, key) and isinstance(sub, dict):
+                        for prop, psub in sub.get("properties", {}).items():
+                            if isinstance(psub, dict) and "default" in psub and prop not in value:
+                                value[prop] = copy.deepcopy(psub["default"])
+        yield from validate_pattern_properties(validator, patterns, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults, "patternProperties": set_pattern_defaults})
 
 
 _DefaultFillingValidator = _extend_with_default(Draft7Validator)
@@ -66,7 +93,10 @@ def _key_path(path: Iterable[Any]) -> str:
 def _allowed_keys(schema: dict, root: dict) -> list[str]:
     if "$ref" in schema:
         schema = root["$defs"][schema["$ref"].split("/")[-1]]
-    return sorted(schema.get("properties", {}))
+    keys = sorted(schema.get("properties", {}))
+    if schema.get("patternProperties"):   # method blocks: variants <method>@<tag> are allowed too
+        keys.append(f"<method>{VARIANT_SEP}<tag>")
+    return keys
 
 
 def _explain(error, root: dict) -> str:
@@ -74,7 +104,9 @@ def _explain(error, root: dict) -> str:
     if error.validator == "additionalProperties":
         allowed = _allowed_keys(error.schema, root)
         known = set(allowed)
-        bad = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
+        patterns = list(error.schema.get("patternProperties", {}))
+        bad = [k for k in error.instance if k not in known and not any(re.search(p, str(k)) for p in patterns)] \
+            if isinstance(error.instance, dict) else []
         msgs = []
         for key in bad:
             hint = difflib.get_close_matches(key, allowed, n=1)
@@ -135,7 +167,7 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
         if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
-        needs = sorted(set(exp["methods"]) & PRETRAINED_METHODS)
+        needs = sorted(m for m in exp["methods"] if base_method(m) in PRETRAINED_METHODS)
         if needs and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
                             f"dataset 'sinusoid' has no classes to pretrain on")
@@ -257,7 +289,7 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
     train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
     dataset = exp["dataset"]
     pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed)}/backbone.pt"
-                  if method in PRETRAINED_METHODS else "")
+                  if base_method(method) in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
         dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
@@ -314,7 +346,7 @@ def iter_pretrains(cfg: dict) -> list[Pretrain]:
     a method in PRETRAINED_METHODS, in a stable order without duplicates."""
     out: dict[str, Pretrain] = {}
     for exp in cfg["experiments"].values():
-        if not set(exp["methods"]) & PRETRAINED_METHODS:
+        if not any(base_method(m) in PRETRAINED_METHODS for m in exp["methods"]):
             continue
         for seed in cfg["seeds"]:
             d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed)

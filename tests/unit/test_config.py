@@ -177,6 +177,69 @@ def test_schema_methods_equal_registry() -> None:
     assert set(load_schema()["$defs"]["experiment"]["properties"]["methods"]["properties"]) == set(METHODS)
 
 
+def test_schema_method_variants_cover_every_registered_method() -> None:
+    """Each method may run as variants `<method>@<tag>`, validated against the method's own block."""
+    from metarepro.methods import METHODS
+
+    methods = load_schema()["$defs"]["experiment"]["properties"]["methods"]
+    patterns = methods["patternProperties"]
+    assert {p.split("@")[0].lstrip("^") for p in patterns} == set(METHODS)
+    for pattern, sub in patterns.items():
+        assert sub == methods["properties"][pattern.split("@")[0].lstrip("^")], pattern
+
+
+def _with_variants() -> dict:
+    raw = _raw()
+    raw["experiments"]["omniglot"]["methods"].update({"pamela@q_shared": {"q_mode": "shared", "skip": False},
+                                                      "finetune@head": {"head_only": True}})
+    return raw
+
+
+def test_method_variant_gets_its_methods_defaults_and_its_own_runs() -> None:
+    cfg = validate_config(_with_variants())
+    args = cfg["experiments"]["omniglot"]["methods"]["pamela@q_shared"]
+    assert args["q_mode"] == "shared" and args["skip"] is False and args["inner_steps"] == 5   # defaults filled
+    run = resolve_run(cfg, "omniglot", "pamela@q_shared", 1, 0)
+    assert run.method == "pamela@q_shared" and run.method_args == args
+    assert run.run_dir == f"{cfg['results_dir']}/omniglot/pamela@q_shared/5way1shot/seed0"
+    # a variant of a pretrained baseline needs the pretrain stage like its method
+    assert resolve_run(cfg, "omniglot", "finetune@head", 1, 0).pretrained.endswith("/pretrain/conv4-8/seed0/backbone.pt")
+    assert [p.label for p in iter_pretrains(cfg)] == ["conv4-8"]
+    # the other runs are untouched by the variants beside them
+    plain = validate_config(_raw())
+    assert resolve_run(cfg, "omniglot", "maml", 1, 0) == resolve_run(plain, "omniglot", "maml", 1, 0)
+
+
+@pytest.mark.parametrize("name,block,expected", [
+    ("pamela@q_shared", {"q_mod": "shared"}, ["experiments.omniglot.methods.pamela@q_shared.q_mod", "q_mode"]),
+    ("pamela@q_shared", {"q_mode": "sometimes"}, ["experiments.omniglot.methods.pamela@q_shared.q_mode", "per_step"]),
+    ("pamla@x", {}, ["experiments.omniglot.methods.pamla@x", "<method>@<tag>"]),
+    ("pamela@Bad-Tag", {}, ["experiments.omniglot.methods.pamela@Bad-Tag"]),
+])
+def test_bad_method_variant_is_rejected_naming_the_key(name: str, block: dict, expected: list[str]) -> None:
+    raw = _raw()
+    raw["experiments"]["omniglot"]["methods"][name] = block
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    for text in expected:
+        assert text in str(err.value), f"{text!r} missing from: {err.value}"
+
+
+def test_registry_builds_a_variant_as_its_method_with_its_switches() -> None:
+    import torch
+
+    from metarepro import methods, models
+
+    model = models.build("mlp", (1,), 1, hidden=[4])
+    learner = methods.build("pamela@q_shared", model, "regression", inner_steps=3, q_mode="shared", skip=False)
+    assert type(learner) is methods.METHODS["pamela"] and learner.q_mode == "shared" and not learner.skip
+    assert len(learner.q) == 1 and len(learner.p_raw) == 0
+    for bad in ("pamla@x", "pamela@", "pamela@Bad", "pamela@a@b"):
+        with pytest.raises(KeyError, match="known"):
+            methods.build(bad, model, "regression")
+    assert all(torch.equal(q, torch.full_like(q, 0.01)) for q in learner.q[0].values())
+
+
 def test_schema_datasets_equal_registry() -> None:
     from metarepro.data import DATASETS
 

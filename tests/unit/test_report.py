@@ -269,6 +269,11 @@ def test_method_labels():
     assert tables.method_label("maml") == "MAML" and tables.method_label("mamlpp+cml") == "MAML++ + CML"
     assert tables.method_label("nearest_neighbor") == "Nearest-neighbor baseline"
     assert tables.method_label("newthing") == "newthing"
+    # method variants <method>@<tag>: the paper's row label where one is registered, else "<label> (<tag>)"
+    assert tables.method_label("pamela@q_shared") == "MAML + single Q (multi-step)"
+    assert tables.method_label("pamela@other") == "PAMELA (other)"
+    assert tables.method_label("mamlpp@msl+cml") == "MAML + MSL + CML"
+    assert tables._sort_key_method("pamela@skip")[0] == tables._sort_key_method("pamela")[0]
 
 
 def test_report_package_never_imports_torch():

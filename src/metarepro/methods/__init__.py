@@ -1,6 +1,7 @@
 """Method registry: the only place a method name is bound to code."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
@@ -22,11 +23,20 @@ METHODS: dict[str, type[MetaLearner]] = {
 }
 
 
+VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?$")
+
+
 def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLearner:
-    """Build method `name` around `model`; unknown names get an error listing the known ones."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name](model, task_type=task_type, **hparams)
+    """Build method `name` around `model`; unknown names get an error listing the known ones.
+
+    A variant `<method>@<tag>` (metarepro.config.VARIANT_SEP) builds <method> with `hparams`: the variant's
+    switches are its config block, the tag only names the run.
+    """
+    m = VARIANT.match(name)
+    if m is None or m["base"] not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
+                       "(or a variant <method>@<tag>, tag of a-z, 0-9, _)")
+    return METHODS[m["base"]](model, task_type=task_type, **hparams)
 
 
 __all__ = ["METHODS", "build", "Learner", "MetaLearner", "Task"]
