@@ -36,7 +36,7 @@ from . import models
 from .config import PretrainConfig
 from .data.store import ImageSplit
 from .methods.protonet import class_means
-from .train import mean_ci
+from .train import load_resume_state, mean_ci
 from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads,
                     write_text_atomic, write_yaml_atomic)
 
@@ -133,11 +133,7 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
 
     start, rows, acc, elapsed_before = 0, [], [0.0, 0.0, 0], 0.0
     best: dict[str, Any] = {"step": -1, "val_mean": None, "val_ci95": None, "state": None}
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if state is not None and state["config"] != cfg.to_dict():
-        log.warning("discarding %s: it was written for a different pretrain config", ckpt_path)
-        ckpt_path.unlink()
-        state = None
+    state = load_resume_state(ckpt_path, "config", cfg.to_dict())
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

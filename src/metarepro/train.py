@@ -68,6 +68,20 @@ def _val_episodes(run: RunConfig):
                              ev["queries"], datasets.eval_seed(ev["seed"], run.dataset, VAL_SPLIT, run.ways, run.shots))
 
 
+def load_resume_state(ckpt_path: Path, key: str, expected: dict) -> dict | None:
+    """The resume checkpoint at `ckpt_path`, or None when there is none or when its `key` entry (the config it
+    was written for) differs from `expected`: the config changed since the job was killed, so the checkpoint
+    belongs to other hyperparameters and is deleted (with a warning) instead of silently resumed."""
+    if not ckpt_path.exists():
+        return None
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state.get(key) != expected:
+        log.warning("discarding %s: it was written for a different %s config", ckpt_path, key)
+        ckpt_path.unlink()
+        return None
+    return state
+
+
 def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, device: str = "auto") -> Path:
     """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
     set_threads(threads)
@@ -101,12 +115,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     start, rows = 0, []
     best: dict[str, Any] = {"iteration": -1, "val_mean": None, "val_ci95": None, "state": None}
     elapsed_before = 0.0
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if state is not None and state["run"] != run.to_dict():
-        # the config changed since the run was killed: its checkpoint is for other hyperparameters
-        log.warning("discarding %s: it was written for a different run config", ckpt_path)
-        ckpt_path.unlink()
-        state = None
+    state = load_resume_state(ckpt_path, "run", run.to_dict())
     if state is not None:
         learner.load_state_dict(state["learner"])
         assert optimizer is not None   # checkpoints are only written inside the loop, i.e. when total > 0
