@@ -20,6 +20,7 @@ CONFIGS = {
     "default": ["config/config.yaml"],
     # --configfile semantics of the Snakefile: top-level keys replace config/config.yaml's
     "paper": ["config/config.yaml", "config/paper.yaml"],
+    "cpu_methods": ["config/config.yaml", "config/cpu_methods.yaml"],
     "tiny": ["config/config.yaml", "tests/workflow/config.yaml"],
 }
 
@@ -46,12 +47,12 @@ def test_shipped_configs_validate(name: str) -> None:
         assert set(report["experiments"]) <= set(cfg["experiments"])
 
 
-def test_paper_and_default_write_to_different_places() -> None:
-    if not (REPO / "config/paper.yaml").exists():
-        pytest.skip("config/paper.yaml not written yet")
-    default, paper = load_config(REPO / "config/config.yaml"), load_config(*(REPO / r for r in CONFIGS["paper"]))
-    assert default["results_dir"] != paper["results_dir"]
-    assert default["reports_dir"] != paper["reports_dir"]
+@pytest.mark.parametrize("name", ["paper", "cpu_methods"])
+def test_profiles_and_default_write_to_different_places(name: str) -> None:
+    default, other = load_config(REPO / "config/config.yaml"), load_config(*(REPO / r for r in CONFIGS[name]))
+    assert default["results_dir"] != other["results_dir"]
+    assert default["reports_dir"] != other["reports_dir"]
+    assert other["profile"] == name
 
 
 def test_defaults_are_filled_in() -> None:
