@@ -283,3 +283,17 @@ def test_report_package_never_imports_torch():
     code = ("import sys, metarepro.report.cli, metarepro.report.tables, metarepro.report.figures; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_budget_of_a_baseline_without_meta_training(tmp_path, paper):
+    """A baseline on the pretrain stage's backbone (0 meta-iterations) is not credited with the train block."""
+    p = write_eval(tmp_path, "omniglot", "nearest_neighbor", 5, 1, 0, alternating(90.0, 5.0))
+    ev = json.loads(p.read_text())
+    ev["run"]["pretrained"] = "results/omniglot/pretrain/conv4-64/seed0/backbone.pt"
+    ev["checkpoint"]["iteration"] = 0
+    p.write_text(json.dumps(ev))
+    maml = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(91.0, 5.0))
+    rows, _ = tables.build_rows([tables.load_eval(maml), tables.load_eval(p)], tables.load_paper_results(paper))
+    budget = {r["method"]: r["budget"] for r in rows}
+    assert budget["nearest_neighbor"] == "pretrained classifier, no meta-training (default)"
+    assert budget["maml"] == "500 it × 8 tasks (default)"

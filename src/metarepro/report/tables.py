@@ -479,9 +479,12 @@ def _num(x: Any) -> Any:
 
 
 def _budget(evals: list[dict]) -> tuple[str, str, str, str]:
+    prof = _join_unique(e["run"].get("profile", "?") for e in evals)
+    if all(e["run"].get("pretrained") and (e.get("checkpoint") or {}).get("iteration") == 0 for e in evals):
+        # baselines on the pretrain stage's backbone: nothing was meta-trained, whatever `train` says
+        return "0", "0", prof, f"pretrained classifier, no meta-training ({prof})"
     its = _join_unique(e["run"].get("train", {}).get("iterations", "?") for e in evals)
     mb = _join_unique(e["run"].get("train", {}).get("meta_batch", "?") for e in evals)
-    prof = _join_unique(e["run"].get("profile", "?") for e in evals)
     return its, mb, prof, f"{its} it × {mb} tasks ({prof})"
 
 
