@@ -207,9 +207,34 @@ def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dic
     return validate_config(cfg, source=", ".join(map(str, paths)) or "config")
 
 
+class SavedConfig:
+    """What RunConfig and PretrainConfig share: the JSON that Snakemake passes as a param (sorted, so equal
+    configs give equal params) and a strict reader of a saved config (unknown or missing keys are named)."""
+    KIND = "config"
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND} keys {sorted(unknown)}; allowed: {sorted(fields)}")
+        missing = [k for k, f in fields.items()
+                   if k not in d and f.default is f.default_factory]  # no default (both are MISSING)
+        if missing:
+            raise ConfigError(f"{cls.KIND} is missing keys {missing}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(SavedConfig):
     """Everything one meta-training + evaluation run needs; saved as config.yaml beside its results."""
+    KIND = "run config"
     experiment: str
     dataset: str
     dataset_args: dict
@@ -235,20 +260,6 @@ class RunConfig:
             del d["pretrained"]
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown run-config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        missing = [k for k, f in cls.__dataclass_fields__.items()
-                   if k not in d and f.default is f.default_factory]  # type: ignore[comparison-overlap]
-        if missing:
-            raise ConfigError(f"run config is missing keys {missing}")
-        return cls(**d)
 
 
 def run_dir(cfg: dict, dataset: str, method: str, ways: int, shots: int, seed: int) -> str:
@@ -303,8 +314,9 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(SavedConfig):
     """One pretraining run (a classifier over all meta-train classes); saved as config.yaml beside backbone.pt."""
+    KIND = "pretrain config"
     dataset: str
     dataset_args: dict
     data_dir: str
@@ -316,19 +328,6 @@ class PretrainConfig:
     profile: str = "default"
     out_dir: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PretrainConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown pretrain-config keys {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -305,3 +305,13 @@ def test_dry_run_schedules_pretraining_as_input_of_the_baselines(tmp_path: Path)
         "finetune", "nearest_neighbor"]
     assert not any(backbone in b.split("output:")[0] for b in blocks
                    if b.startswith("metatrain:") and ("/omniglot/maml/" in b or "/omniglot/protonet/" in b))
+
+
+@pytest.mark.parametrize("cls", ["RunConfig", "PretrainConfig"])
+def test_saved_configs_name_unknown_and_missing_keys(cls: str) -> None:
+    import metarepro.config as c
+    klass = getattr(c, cls)
+    with pytest.raises(ConfigError, match=r"unknown .*config keys \['bogus'\]"):
+        klass.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match=r"is missing keys \[.*'dataset'"):
+        klass.from_dict({})
