@@ -53,6 +53,8 @@ def test_profiles_and_default_write_to_different_places(name: str) -> None:
     assert default["results_dir"] != other["results_dir"]
     assert default["reports_dir"] != other["reports_dir"]
     assert other["profile"] == name
+    # every figure committed to git lies under reports/figures/ (the default's directly, others per profile)
+    assert default["figures_dir"] is None and other["figures_dir"] == f"reports/figures/{name}"
 
 
 def test_defaults_are_filled_in() -> None:

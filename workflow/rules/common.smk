@@ -15,6 +15,7 @@ from metarepro.config import (find_experiment, iter_pretrains, iter_runs, resolv
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
+FIGURES = config["figures_dir"] or f"{REPORTS}/figures"
 DATA = config["data"]["dir"]
 RAW = config["data"]["raw_dir"]
 LOGS = f"logs/{config['profile']}"
@@ -122,9 +123,9 @@ def report_runs(name, dataset=None):
 def report_outputs(name):
     """What one report produces: its table (md + csv) and figures."""
     out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv",
-           f"{REPORTS}/figures/{name}_curves.png", f"{REPORTS}/figures/{name}_inner_steps.png"]
+           f"{FIGURES}/{name}_curves.png", f"{FIGURES}/{name}_inner_steps.png"]
     if report_runs(name, "sinusoid"):
-        out.append(f"{REPORTS}/figures/{name}_fits.png")
+        out.append(f"{FIGURES}/{name}_fits.png")
     return out
 
 

@@ -37,7 +37,7 @@ rule curves:
     input:
         lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
     output:
-        report(f"{REPORTS}/figures/{{name}}_curves.png", caption="../report/curves.rst", category="Figures",
+        report(f"{FIGURES}/{{name}}_curves.png", caption="../report/curves.rst", category="Figures",
                labels={"report": "{name}", "figure": "training curves"}),
     log:
         f"{LOGS}/report/{{name}}_curves.log",
@@ -57,7 +57,7 @@ rule inner_steps:
     input:
         lambda w: run_files(report_runs(w.name), "eval.json"),
     output:
-        report(f"{REPORTS}/figures/{{name}}_inner_steps.png", caption="../report/inner_steps.rst",
+        report(f"{FIGURES}/{{name}}_inner_steps.png", caption="../report/inner_steps.rst",
                category="Figures", labels={"report": "{name}", "figure": "inner steps"}),
     log:
         f"{LOGS}/report/{{name}}_inner_steps.log",
@@ -75,7 +75,7 @@ rule sinusoid_fits:
     input:
         lambda w: run_files(report_runs(w.name, "sinusoid"), "eval.json"),
     output:
-        report(f"{REPORTS}/figures/{{name}}_fits.png", caption="../report/sinusoid_fits.rst",
+        report(f"{FIGURES}/{{name}}_fits.png", caption="../report/sinusoid_fits.rst",
                category="Figures", labels={"report": "{name}", "figure": "sinusoid fits"}),
     log:
         f"{LOGS}/report/{{name}}_fits.log",
