@@ -14,9 +14,9 @@ from metarepro.methods.mamlpp import MAMLpp, msl_weights
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D, regression_task
+    from .tiny import Linear1D, regression_task, random_image_tasks
 except ImportError:
-    from tiny import Linear1D, regression_task
+    from tiny import Linear1D, regression_task, random_image_tasks
 
 OFF = dict(multi_step_loss=False, per_step_bn=False, lslr=False, derivative_order_annealing=False,
            cosine_annealing=False)
@@ -138,7 +138,7 @@ def test_derivative_order_annealing_switches_at_first_order_epochs():
 def test_all_tricks_off_with_inner_bn_equals_maml():
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 5, filters=4)      # 16x16: the smallest input Conv4 takes, to keep this fast
-    task = _random_tasks(1, size=16)[0]
+    task = random_image_tasks(1, queries=3, size=16)[0]
     maml = MAML(copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2)
     pp = MAMLpp(copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2, inner_bn=True, **OFF)
     losses = []
@@ -219,16 +219,6 @@ def test_cosine_annealing_scheduler_and_off_switch():
     assert MAMLpp(Linear1D(0.7, -0.2), "regression", **OFF).make_scheduler(opt, 10) is None
 
 
-def _random_tasks(n, ways=5, shots=1, queries=3, seed=0, size=28):
-    g = torch.Generator().manual_seed(seed)
-    tasks = []
-    for _ in range(n):
-        ys = torch.arange(ways).repeat_interleave(shots); yq = torch.arange(ways).repeat_interleave(queries)
-        tasks.append(Task(torch.randn(len(ys), 1, size, size, generator=g), ys,
-                          torch.randn(len(yq), 1, size, size, generator=g), yq))
-    return tasks
-
-
 def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     # 1-iteration epochs: meta-steps 0, 1, 2 are first order + MSL, second order + MSL, second order + last step only
     hp = dict(inner_lr=0.1, inner_steps=2, eval_inner_steps=4, msl_epochs=2, first_order_epochs=1,
@@ -240,7 +230,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     sched = learner.make_scheduler(opt, 3)
     learner.train()
     for i in range(3):
-        stats = learner.meta_step(_random_tasks(1, seed=i), opt)
+        stats = learner.meta_step(random_image_tasks(1, queries=3, seed=i), opt)
         sched.step()
         assert np.isfinite(stats["loss"]) and 0 <= stats["metric"] <= 100
     after = learner.state_dict()
@@ -249,7 +239,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
         assert not torch.equal(before[k], after[k]), k                 # all meta-parameter kinds are learned
     assert torch.equal(before["model.features.0.1.weight"], after["model.features.0.1.weight"])  # superseded
     learner.eval()
-    task = _random_tasks(1, seed=9)[0]
+    task = random_image_tasks(1, queries=3, seed=9)[0]
     scores = learner.evaluate_task(task)                               # 4 > inner_steps: last lr / BN slot reused
     assert len(scores) == 5
     torch.manual_seed(1)

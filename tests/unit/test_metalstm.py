@@ -11,9 +11,9 @@ from metarepro.methods.metalstm import MetaLSTM, preprocess
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D
+    from .tiny import Linear1D, random_image_tasks
 except ImportError:
-    from tiny import Linear1D
+    from tiny import Linear1D, random_image_tasks
 
 sig = lambda z: 1 / (1 + np.exp(-z))
 
@@ -149,23 +149,13 @@ def test_initial_gates_and_gate_trace_shapes():
     assert m._trace is None and lin.weight.grad is None
 
 
-def _random_tasks(n, ways=5, shots=1, queries=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        xs = torch.randn(ways * shots, 1, 28, 28, generator=g)
-        xq = torch.randn(ways * queries, 1, 28, 28, generator=g)
-        out.append(Task(xs, torch.arange(ways).repeat_interleave(shots), xq, torch.arange(ways).repeat_interleave(queries)))
-    return out
-
-
 def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     torch.manual_seed(0)
     m = MetaLSTM(Conv4((1, 28, 28), 5, filters=4), inner_steps=3)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
     for _ in range(3):
-        stats = m.meta_step(_random_tasks(1), opt, grad_clip=0.25)
+        stats = m.meta_step(random_image_tasks(1, queries=2), opt, grad_clip=0.25)
         assert np.isfinite(stats["loss"])
     after = m.state_dict()
     assert not torch.equal(before["model.head.weight"], after["model.head.weight"])   # c_0 is meta-learned
@@ -173,7 +163,7 @@ def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     m2 = MetaLSTM(Conv4((1, 28, 28), 5, filters=4), inner_steps=3)
     m2.load_state_dict(after)
     m.eval(); m2.eval()
-    task = _random_tasks(1, seed=1)[0]
+    task = random_image_tasks(1, queries=2, seed=1)[0]
     s1, s2 = m.evaluate_task(task), m2.evaluate_task(task)
     assert len(s1) == 4 and s1 == s2
     assert len(m.gate_trace(task)["input"]) == 3

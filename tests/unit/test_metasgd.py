@@ -9,9 +9,9 @@ from metarepro.methods.metasgd import MetaSGD
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D, regression_task
+    from .tiny import Linear1D, regression_task, random_image_tasks
 except ImportError:
-    from tiny import Linear1D, regression_task
+    from tiny import Linear1D, regression_task, random_image_tasks
 
 
 def _hand_metasgd(w, b, aw, ab, x, y, u, v):
@@ -109,16 +109,6 @@ def test_alpha_init_shapes_registration_and_names():
     assert vals.min() >= 0.005 and vals.max() <= 0.1 and vals.std() > 0.01
 
 
-def _random_tasks(n, ways=5, shots=1, queries=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    tasks = []
-    for _ in range(n):
-        ys = torch.arange(ways).repeat_interleave(shots); yq = torch.arange(ways).repeat_interleave(queries)
-        tasks.append(Task(torch.randn(len(ys), 1, 28, 28, generator=g), ys,
-                          torch.randn(len(yq), 1, 28, 28, generator=g), yq))
-    return tasks
-
-
 def test_smoke_conv4_trains_and_state_dict_round_trips():
     torch.manual_seed(0)
     learner = MetaSGD(Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.01)
@@ -126,11 +116,11 @@ def test_smoke_conv4_trains_and_state_dict_round_trips():
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     learner.train()
     for i in range(3):
-        stats = learner.meta_step(_random_tasks(2, seed=i), opt)
+        stats = learner.meta_step(random_image_tasks(2, queries=3, seed=i), opt)
         assert np.isfinite(stats["loss"])
     assert not torch.equal(alpha0, learner.alpha["head__weight"])   # alpha is meta-learned
     learner.eval()
-    task = _random_tasks(1, seed=9)[0]
+    task = random_image_tasks(1, queries=3, seed=9)[0]
     scores = learner.evaluate_task(task, 2)
     torch.manual_seed(1)
     clone = MetaSGD(Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.5)

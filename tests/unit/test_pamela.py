@@ -10,9 +10,9 @@ from metarepro.methods.pamela import PAMELA
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D
+    from .tiny import Linear1D, random_image_tasks
 except ImportError:
-    from tiny import Linear1D
+    from tiny import Linear1D, random_image_tasks
 
 
 X = np.array([0.5, -1.2, 2.0]); Y = np.array([1.0, 0.3, -0.7])     # support
@@ -148,28 +148,18 @@ def test_eval_beyond_trained_windows_reuses_last_p():
     np.testing.assert_allclose(got[-1], th, atol=1e-6, rtol=0)
 
 
-def _random_tasks(n, ways=5, shots=1, queries=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        xs = torch.randn(ways * shots, 1, 28, 28, generator=g)
-        xq = torch.randn(ways * queries, 1, 28, 28, generator=g)
-        out.append(Task(xs, torch.arange(ways).repeat_interleave(shots), xq, torch.arange(ways).repeat_interleave(queries)))
-    return out
-
-
 def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     torch.manual_seed(0)
     m = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     q0 = m.q[0]["head__weight"].detach().clone(); p0 = m.p_raw[0]["head__bias"].detach().clone()
     for _ in range(2):
-        stats = m.meta_step(_random_tasks(1), opt, grad_clip=10.0)
+        stats = m.meta_step(random_image_tasks(1, queries=2), opt, grad_clip=10.0)
         assert np.isfinite(stats["loss"])
     assert not torch.equal(q0, m.q[0]["head__weight"]) and not torch.equal(p0, m.p_raw[0]["head__bias"])
     m2 = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3)
     m2.load_state_dict(m.state_dict())
     m.eval(); m2.eval()
-    task = _random_tasks(1, seed=1)[0]
+    task = random_image_tasks(1, queries=2, seed=1)[0]
     s1, s2 = m.evaluate_task(task), m2.evaluate_task(task)
     assert len(s1) == 4 and s1 == s2

@@ -24,3 +24,15 @@ def regression_task():
     u = np.array([[1.5], [-0.4]]); v = np.array([[0.2], [1.1]])
     t = lambda a: torch.tensor(a, dtype=torch.float64)
     return (x, y, u, v), Task(t(x), t(y), t(u), t(v))
+
+
+def random_image_tasks(n: int, queries: int, seed: int = 0, ways: int = 5, shots: int = 1,
+                       size: int = 28) -> list[Task]:
+    """n random Omniglot-shaped classification tasks (support then query images from one seeded generator)."""
+    g = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(n):
+        ys = torch.arange(ways).repeat_interleave(shots); yq = torch.arange(ways).repeat_interleave(queries)
+        tasks.append(Task(torch.randn(len(ys), 1, size, size, generator=g), ys,
+                          torch.randn(len(yq), 1, size, size, generator=g), yq))
+    return tasks
