@@ -16,8 +16,6 @@ episodes (the nearest-neighbour baseline's classifier for 1-shot), drawn with th
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import sys
@@ -36,9 +34,8 @@ from . import models
 from .config import PretrainConfig
 from .data.store import ImageSplit
 from .methods.protonet import class_means
-from .train import load_resume_state, mean_ci
-from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads,
-                    write_text_atomic, write_yaml_atomic)
+from .train import load_resume_state, mean_ci, write_outputs
+from .utils import MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads
 
 log = logging.getLogger("metarepro.pretrain")
 
@@ -195,20 +192,8 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
              "best_step": best["step"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"], "steps": total,
              "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(), "git_revision": git_revision(),
              "torch_version": str(torch.__version__), "device": device}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "train_log.csv", buf.getvalue())
-    write_yaml_atomic(out / "config.yaml", {**cfg.to_dict(), "provenance": {
-        "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
-        "peak_memory_mb": round(final["peak_memory_mb"], 1), "steps": total, "n_classes": images.n_classes,
-        "best_step": best["step"], "best_val_mean": best["val_mean"]}})
-    with atomic_path(out / "backbone.pt") as tmp:
-        torch.save(final, tmp)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
+    write_outputs(out / "backbone.pt", final, LOG_FIELDS, rows, cfg.to_dict(), wall, ckpt_path, steps=total,
+                  n_classes=images.n_classes, best_step=best["step"], best_val_mean=best["val_mean"])
     log.info("done %s in %.1fs (best val %.2f at step %d of %d)", out, wall, best["val_mean"] or float("nan"),
              best["step"], total)
     return out / "backbone.pt"

@@ -82,6 +82,26 @@ def load_resume_state(ckpt_path: Path, key: str, expected: dict) -> dict | None:
     return state
 
 
+def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list[dict], config: dict, wall: float,
+                  ckpt_path: Path, **provenance: Any) -> None:
+    """Finish a training job: train_log.csv, config.yaml (the config + provenance) and the artifact (`final`,
+    saved with torch), each written atomically with the artifact last, then drop the resume checkpoint."""
+    out = artifact.parent
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=log_fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "train_log.csv", buf.getvalue())
+    write_yaml_atomic(out / "config.yaml", {**config, "provenance": {
+        "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
+        "peak_memory_mb": round(final["peak_memory_mb"], 1), **provenance}})
+    with atomic_path(artifact) as tmp:
+        torch.save(final, tmp)
+    ckpt_path.unlink(missing_ok=True)
+    if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
+        ckpt_path.parent.rmdir()
+
+
 def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, device: str = "auto") -> Path:
     """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
     set_threads(threads)
@@ -173,20 +193,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
              "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
              "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "train_log.csv", buf.getvalue())
-    write_yaml_atomic(out / "config.yaml", {**run.to_dict(), "provenance": {
-        "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
-        "peak_memory_mb": round(final["peak_memory_mb"], 1), "best_iteration": best["iteration"],
-        "best_val_mean": best["val_mean"]}})
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(final, tmp)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
+    write_outputs(out / "model.pt", final, LOG_FIELDS, rows, run.to_dict(), wall, ckpt_path,
+                  best_iteration=best["iteration"], best_val_mean=best["val_mean"])
     log.info("done %s in %.1fs (best val %.4f at iteration %d)", out, wall, best["val_mean"] or float("nan"),
              best["iteration"])
     return out / "model.pt"
