@@ -308,7 +308,7 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
         backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
         method=method, method_args=dict(exp["methods"][method]),
         ways=exp["ways"], shots=shots, seed=seed, train=train,
-        evaluation=dict(cfg["evaluation"]), profile=cfg["profile"],
+        evaluation={**cfg["evaluation"], **(exp.get("evaluation") or {})}, profile=cfg["profile"],
         run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed), pretrained=pretrained,
     )
 

@@ -39,14 +39,21 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, run.shots,
                             ev["queries"], seed)
     steps = learner.eval_inner_steps
+    # The score after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first
+    # `curve_episodes` episodes; the headline score after the last step on all of them.
+    n_curve = min(int(ev.get("curve_episodes", ev["episodes"])), ev["episodes"])
     t0 = time.perf_counter()
-    by_step = np.zeros((ev["episodes"], steps + 1))
+    by_step = np.full((n_curve, steps + 1), np.nan)
+    final = np.zeros(ev["episodes"])
     bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{run.shots}s",
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
     for i in bar:
-        by_step[i] = learner.evaluate_task(eps.episode(i).to(device), steps)
+        scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
+        if i < n_curve:
+            by_step[i] = scores
+        final[i] = scores[-1]
     wall = time.perf_counter() - t0
-    mean, ci = mean_ci(by_step[:, -1])
+    mean, ci = mean_ci(final)
     result: dict[str, Any] = {
         "run": run.to_dict(),
         "metric": "accuracy" if learner.task_type == "classification" else "mse",
@@ -57,8 +64,11 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         "inner_steps": steps,
         "mean": mean,
         "ci95": ci,
-        "std": float(by_step[:, -1].std(ddof=1)) if len(by_step) > 1 else 0.0,
-        "per_episode": by_step[:, -1].tolist(),
+        "std": float(final.std(ddof=1)) if len(final) > 1 else 0.0,
+        "per_episode": final.tolist(),
+        # by_step[j]: after j inner steps, over the first `curve_episodes` episodes (the last step's entry
+        # equals `mean` when curve_episodes == episodes)
+        "curve_episodes": n_curve,
         "by_step": {str(j): dict(zip(("mean", "ci95"), mean_ci(by_step[:, j]))) for j in range(steps + 1)},
         "wall_time_s": wall,
         "adapt_time_per_task_s": wall / max(1, ev["episodes"]),

@@ -57,7 +57,8 @@ def mean_ci(scores: list[float] | np.ndarray) -> tuple[float, float]:
 def validate(learner: MetaLearner, episodes: Any, n: int, steps: int, device: str = "cpu") -> tuple[float, float]:
     was_training = learner.training
     learner.eval()
-    scores = [learner.evaluate_task(episodes.episode(i).to(device), steps)[-1] for i in range(n)]
+    scores = [learner.evaluate_task(episodes.episode(i).to(device), steps, every_step=False)[-1]
+              for i in range(n)]
     learner.train(was_training)
     return mean_ci(scores)
 

@@ -86,3 +86,12 @@ def test_evaluation_does_not_touch_meta_parameters_and_reports_every_step():
     scores = learner.evaluate_task(task)
     assert len(scores) == 5 and scores[0] == pytest.approx(np.mean((0.7 * u.ravel() - 0.2 - v.ravel()) ** 2))
     assert learner.model.w.grad is None and learner.model.w.item() == 0.7
+
+
+def test_final_only_evaluation_scores_the_last_step_like_the_full_curve():
+    _, task = regression_task()
+    learner = build("maml", Linear1D(0.7, -0.2), "regression", inner_lr=0.05, eval_inner_steps=4)
+    learner.eval()
+    full = learner.evaluate_task(task)
+    assert learner.evaluate_task(task, every_step=False) == [full[-1]]
+    assert learner.evaluate_task(task, steps=0, every_step=False) == [full[0]]
