@@ -120,13 +120,20 @@ def report_runs(name, dataset=None):
     return [r for r in found if dataset is None or r.dataset == dataset]
 
 
+def report_figures(name):
+    """The figure kinds of report `name`: its `figures` list, else curves + inner_steps (+ fits with sinusoid runs)."""
+    figures = config["reports"][name].get("figures")
+    if figures is None:
+        figures = ["curves", "inner_steps"] + (["fits"] if report_runs(name, "sinusoid") else [])
+    return figures
+
+
 def report_outputs(name):
-    """What one report produces: its table (md + csv) and figures."""
-    out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv",
-           f"{FIGURES}/{name}_curves.png", f"{FIGURES}/{name}_inner_steps.png"]
-    if report_runs(name, "sinusoid"):
-        out.append(f"{FIGURES}/{name}_fits.png")
-    return out
+    """What one report produces: its table (md + csv), its complexity table if asked for, and its figures."""
+    out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv"]
+    if config["reports"][name].get("complexity"):
+        out += [f"{REPORTS}/tables/{name}_complexity.md", f"{REPORTS}/tables/{name}_complexity.csv"]
+    return out + [f"{FIGURES}/{name}_{kind}.png" for kind in report_figures(name)]
 
 
 def final_outputs():
