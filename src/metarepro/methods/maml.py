@@ -13,6 +13,7 @@ from .base import MetaLearner, Params
 
 class MAML(MetaLearner):
     name = "maml"
+    task_batching = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
                  inner_steps: int = 1, eval_inner_steps: int | None = None, first_order: bool = False) -> None:

@@ -40,6 +40,7 @@ def msl_weights(num_steps: int, epoch: int, msl_epochs: int) -> list[float]:
 
 class MAMLpp(MetaLearner):
     name = "mamlpp"
+    task_batching = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
                  inner_steps: int = 5, eval_inner_steps: int | None = None, first_order: bool = False,

@@ -23,6 +23,7 @@ def safe_key(name: str) -> str:
 
 class MetaSGD(MetaLearner):
     name = "metasgd"
+    task_batching = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", init_lr: float = 0.01,
                  init_lr_range: Sequence[float] | None = None, inner_steps: int = 1,

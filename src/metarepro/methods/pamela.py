@@ -49,6 +49,7 @@ def _key(name: str) -> str:
 
 class PAMELA(MetaLearner):
     name = "pamela"
+    task_batching = True     # Q_j and P^w act elementwise: they broadcast over a leading task dim
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
                  inner_steps: int = 5, eval_inner_steps: int | None = None, first_order: bool = False,
@@ -109,6 +110,7 @@ class PAMELA(MetaLearner):
         params = self.init_params()
         if not create_graph and not self.training:
             params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        params = self.per_task(params, task)
         anchor = params          # theta at the start of the current window of w steps
         yield Learner(self, params, 0)
         for j in range(steps):

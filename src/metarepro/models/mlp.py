@@ -7,17 +7,32 @@ import torch
 from torch import nn
 
 
+class TaskLinear(nn.Linear):
+    """nn.Linear that also takes one weight per task: weight (T, out, in), bias (T, out), x (T, N, in).
+
+    Lets the meta-learners run a whole meta-batch of tasks through one batched matmul (MetaLearner.task_batching)
+    by passing stacked per-task parameters to functional_call; with ordinary (out, in) weights it is nn.Linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 3:
+            return torch.baddbmm(self.bias.unsqueeze(-2), x, self.weight.transpose(-1, -2))
+        return super().forward(x)
+
+
 class MLP(nn.Module):
+    task_batched = True      # accepts stacked per-task parameters (see TaskLinear)
+
     def __init__(self, in_shape: tuple[int, ...], out_dim: int, hidden: Sequence[int] = (40, 40)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = int(in_shape[-1])
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
+            layers += [TaskLinear(d, h), nn.ReLU()]
             d = h
         self.features = nn.Sequential(*layers)
         self.feature_dim = d
-        self.head = nn.Linear(d, out_dim)
+        self.head = TaskLinear(d, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1) -> (B, 1)
         return self.head(self.features(x))
