@@ -46,6 +46,14 @@ def higher_is_better(learner: MetaLearner) -> bool:
     return learner.task_type == "classification"
 
 
+def improves(new: float, best: float, higher: bool) -> bool:
+    """Whether validation score `new` beats `best`. A NaN score (an inner loop that diverges on some validation
+    episode) never counts as an improvement, and any finite score beats a NaN best."""
+    if math.isnan(new):
+        return False
+    return math.isnan(best) or (new > best if higher else new < best)
+
+
 def mean_ci(scores: list[float] | np.ndarray) -> tuple[float, float]:
     """Mean and 95% confidence half-width (1.96 * std / sqrt(n), the protocol of Finn et al.)."""
     a = np.asarray(scores, dtype=np.float64)
@@ -131,7 +139,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     sampler = datasets.TaskSampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
                                                      run.ways, run.shots, tr["queries"], run.seed))
     val_eps = _val_episodes(run)
-    better = (lambda a, b: a > b) if higher_is_better(learner) else (lambda a, b: a < b)
+    better = lambda a, b: improves(a, b, higher_is_better(learner))  # noqa: E731
 
     start, rows = 0, []
     best: dict[str, Any] = {"iteration": -1, "val_mean": None, "val_ci95": None, "state": None}
@@ -171,6 +179,9 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                         "state": {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}}
             bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f"{vm:.3f}")
             log.info("iter %d loss %.4f train %.3f val %.3f +- %.3f", it + 1, stats["loss"], stats["metric"], vm, vc)
+            if math.isnan(vm):
+                log.warning("validation score is NaN at iteration %d: the inner loop diverges on some validation "
+                            "episodes (too many eval_inner_steps for the learned step sizes?)", it + 1)
         row["elapsed_s"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
         if (it + 1) % tr["checkpoint_every"] == 0 and it + 1 < total:

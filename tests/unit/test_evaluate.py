@@ -41,3 +41,11 @@ def test_experiment_may_override_curve_episodes_only():
     cfg["experiments"]["sinusoid"]["evaluation"] = {"curve_episodes": 600}
     assert resolve_run(cfg, "sinusoid", "maml", 10, 0).evaluation["curve_episodes"] == 600
     assert resolve_run(cfg, "omniglot", "maml", 1, 0).evaluation["curve_episodes"] == 100
+
+
+def test_nan_validation_scores_never_win_checkpoint_selection():
+    from metarepro.train import improves
+    nan = float("nan")
+    assert not improves(nan, 0.5, higher=False) and improves(0.5, nan, higher=False)
+    assert improves(0.4, 0.5, higher=False) and not improves(0.6, 0.5, higher=False)
+    assert improves(90.0, 80.0, higher=True) and not improves(nan, nan, higher=True)
