@@ -186,6 +186,11 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             if e not in cfg["experiments"]:
                 problems.append(f"'reports.{rname}.experiments' names unknown experiment {e!r}; "
                                 f"allowed: {', '.join(cfg['experiments'])}")
+        configured = {m for e in rep["experiments"] if e in cfg["experiments"] for m in cfg["experiments"][e]["methods"]}
+        for m in rep.get("methods") or []:
+            if m not in configured:
+                problems.append(f"'reports.{rname}.methods' names {m!r}, which none of its experiments configures; "
+                                f"allowed: {', '.join(sorted(configured))}")
     if problems:
         raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))
 

@@ -41,6 +41,7 @@ def test_finetune_one_sgd_step_matches_hand_computation(head_only):
     np.testing.assert_allclose(adapted.params["features.weight"].detach().numpy(), W1, atol=1e-6, rtol=0)
     expected = [100.0 * np.mean((xq @ w.T @ v.T + c).argmax(1) == yq) for w, v, c in ((W, V, b), (W1, V1, b1))]
     assert learner.evaluate_task(task) == pytest.approx(expected)
+    assert learner.evaluate_task(task, every_step=False) == pytest.approx(expected[-1:])   # validation's path
     assert learner.model.head.weight.grad is None and np.array_equal(learner.model.head.weight.detach().numpy(), V)
 
 

@@ -117,7 +117,8 @@ def pretrain_runtime(wildcards):
 def report_runs(name, dataset=None):
     """The runs behind report `name` (only those on `dataset` if given)."""
     found = runs(config["reports"][name]["experiments"])
-    return [r for r in found if dataset is None or r.dataset == dataset]
+    methods = config["reports"][name].get("methods")
+    return [r for r in found if (dataset is None or r.dataset == dataset) and (methods is None or r.method in methods)]
 
 
 def report_figures(name):

@@ -60,15 +60,16 @@ class Finetune(MetaLearner):
             params = {k: v.detach() for k, v in self.inner_update(params, grads, j).items()}
             yield Learner(self, params, j + 1)
 
-    def evaluate_task(self, task: Task, steps: int | None = None) -> list[float]:
+    def evaluate_task(self, task: Task, steps: int | None = None, every_step: bool = True) -> list[float]:
         """As the base, but with frozen features the query features are computed once, not once per step."""
         if not self.head_only:
-            return super().evaluate_task(task, steps)
+            return super().evaluate_task(task, steps, every_step)
         steps = self.eval_inner_steps if steps is None else steps
         with torch.no_grad():
             zq = self.embed(task.x_query)
         scores = []
         for learner in self.adapt_trajectory(task, steps, create_graph=False):
-            with torch.no_grad():
-                scores.append(self.metric(self.head(learner.params, zq), task.y_query))
+            if every_step or learner.step == steps:
+                with torch.no_grad():
+                    scores.append(self.metric(self.head(learner.params, zq), task.y_query))
         return scores
