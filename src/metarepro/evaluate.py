@@ -5,11 +5,12 @@ is evaluated on identical episodes (see `episode_set` in eval.json) and can be c
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -47,10 +48,14 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     final = np.zeros(ev["episodes"])
     bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{run.shots}s",
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
+    diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
-        scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
+        with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
+            scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
+            if diag is not None:
+                diagnostics.append(diag)
         final[i] = scores[-1]
     wall = time.perf_counter() - t0
     mean, ci = mean_ci(final)
@@ -80,12 +85,33 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
         "parameters": sum(p.numel() for p in learner.parameters()),
     }
+    result.update(summarize_diagnostics(diagnostics))
     if run.dataset == "sinusoid":
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
     out = run_dir / "eval.json"
     write_json_atomic(out, result)
     log.info("%s: %s %.4f +- %.4f over %d episodes (%d inner steps)", run_dir, result["metric"], mean, ci,
              ev["episodes"], steps)
+    return out
+
+
+def summarize_diagnostics(per_episode: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Episodes' record_diagnostics dicts -> eval.json entries, one per group (e.g. "gates"): a per-step
+    series becomes {"mean": [...], "ci95": [...]} over the episodes, a {name: series} mapping the per-step
+    mean of each name; "episodes" says how many episodes they summarize. No episodes: no entries."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, first in (per_episode[0].items() if per_episode else ()):
+        entry: dict[str, Any] = {}
+        for key, value in first.items():
+            if isinstance(value, Mapping):
+                entry[key] = {name: np.mean([d[group][key][name] for d in per_episode], axis=0).tolist()
+                              for name in value}
+            else:
+                a = np.array([d[group][key] for d in per_episode], dtype=np.float64)   # (episodes, steps)
+                stats = [mean_ci(a[:, j]) for j in range(a.shape[1])]
+                entry[key] = {"mean": [m for m, _ in stats], "ci95": [c for _, c in stats]}
+        entry["episodes"] = len(per_episode)
+        out[group] = entry
     return out
 
 

@@ -10,10 +10,13 @@ from metarepro.config import RunConfig, load_config, resolve_run
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _trained(tmp_path: Path, **evaluation) -> Path:
+def _trained(tmp_path: Path, method: tuple[str, dict] | None = None, **evaluation) -> Path:
+    """A short sinusoid run of MAML, or of `method` = (name, hparams) on the same data."""
     from metarepro.train import metatrain
     cfg = load_config(REPO / "config" / "config.yaml")
     d = resolve_run(cfg, "sinusoid", "maml", 10, 0).to_dict()
+    if method is not None:
+        d["method"], d["method_args"] = method
     d["train"].update(iterations=20, val_every=10, checkpoint_every=10, val_episodes=5)
     d["evaluation"] = {"episodes": 30, "queries": 10, "seed": 0, **evaluation}
     d["run_dir"] = str(tmp_path)
@@ -33,6 +36,38 @@ def test_curve_episodes_limits_the_per_step_curve_not_the_headline_score(tmp_pat
     # the curve of `part` is the mean over its first 12 episodes
     assert part["by_step"]["10"]["mean"] == pytest.approx(np.mean(full["per_episode"][:12]))
     assert set(part["by_step"]) == {str(j) for j in range(11)}
+    assert "gates" not in full          # only methods with diagnostics (Meta-LSTM) add entries
+
+
+def test_metalstm_gates_are_those_of_the_scored_curve_episodes(tmp_path):
+    import torch
+
+    from metarepro import data as datasets
+    from metarepro.evaluate import TEST_SPLIT, evaluate
+    from metarepro.train import load_learner, mean_ci
+    run_dir = _trained(tmp_path, ("metalstm", {"inner_steps": 3, "hidden_size": 4}), curve_episodes=4)
+    ev = json.loads(evaluate(run_dir, progress=False).read_text())
+    gates = ev["gates"]
+    assert gates["episodes"] == 4 and ev["inner_steps"] == 3
+    # the same episodes, re-adapted one by one through gate_trace
+    learner, run, _ = load_learner(run_dir / "model.pt")
+    seed = datasets.eval_seed(run.evaluation["seed"], run.dataset, TEST_SPLIT, run.ways, run.shots)
+    eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, run.shots,
+                            run.evaluation["queries"], seed)
+    traces = [learner.gate_trace(eps.episode(i), 3) for i in range(4)]
+    names = traces[0]["param_names"]
+    for gate in ("input", "forget"):
+        per_episode = torch.stack([t[gate] for t in traces]).numpy()            # (episodes, steps)
+        want = [mean_ci(per_episode[:, j]) for j in range(3)]
+        assert gates[gate]["mean"] == pytest.approx([m for m, _ in want], abs=1e-12)
+        assert gates[gate]["ci95"] == pytest.approx([c for _, c in want], abs=1e-12)
+        assert all(0.0 < v < 1.0 for v in gates[gate]["mean"])
+        by_param = torch.stack([t[f"{gate}_by_param"] for t in traces]).double().mean(0).numpy()   # (steps, tensors)
+        assert list(gates[f"{gate}_by_param"]) == names
+        for j, name in enumerate(names):
+            assert gates[f"{gate}_by_param"][name] == pytest.approx(by_param[:, j].tolist(), abs=1e-12)
+    assert np.ptp(np.array([t["input"].numpy() for t in traces])) > 0   # the episodes' gates differ
+    assert learner._trace is None
 
 
 def test_experiment_may_override_curve_episodes_only():

@@ -115,6 +115,10 @@ def test_paper_protocol_runs_at_tiny_size(case, tiny_data, tiny_pretrained, tmp_
     args = paper.method_args   # evaluation takes the paper's number of inner steps
     expected = args.get("eval_inner_steps") or args.get("inner_steps") or args.get("steps", 0)
     assert ev["inner_steps"] == expected and set(ev["by_step"]) == {str(j) for j in range(expected + 1)}
+    # Meta-LSTM records its gate values (its Fig. 2) on the curve episodes; no other method adds entries
+    assert ("gates" in ev) == (base_method(method) == "metalstm")
+    if "gates" in ev:
+        assert len(ev["gates"]["forget"]["mean"]) == expected and ev["gates"]["episodes"] == ev["curve_episodes"]
 
 
 MAMLPP_FIXES = ("per_step_bn", "lslr", "cosine_annealing", "multi_step_loss", "derivative_order_annealing")

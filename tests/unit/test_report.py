@@ -265,6 +265,38 @@ def test_figure_errors_name_the_file(tmp_path):
     assert cli.main(["index", "--out", str(tmp_path / "R.md"), str(tmp_path / "missing.md")]) == 1
 
 
+def _with_gates(ev_path: Path, steps: int, start: float) -> Path:
+    """Add a synthetic Meta-LSTM "gates" entry (eval.json format of metarepro.evaluate) to an eval.json."""
+    ev = json.loads(ev_path.read_text())
+    series = lambda a, b: {"mean": np.linspace(a, b, steps).tolist(), "ci95": [0.002] * steps}
+    ev["gates"] = {"input": series(start, start / 2), "forget": series(0.99, 0.95),
+                   "input_by_param": {"features.0.weight": np.full(steps, start).tolist()},
+                   "forget_by_param": {"features.0.weight": np.full(steps, 0.98).tolist()}, "episodes": 50}
+    ev_path.write_text(json.dumps(ev))
+    return ev_path
+
+
+def test_gates_figure_renders_and_names_an_eval_without_gates(tmp_path):
+    one = _with_gates(write_eval(tmp_path, "miniimagenet", "metalstm", 5, 1, 0, alternating(43, 5)), 12, 0.02)
+    five = _with_gates(write_eval(tmp_path, "miniimagenet", "metalstm", 5, 5, 0, alternating(60, 5)), 8, 0.01)
+    out = tmp_path / "figures" / "metalstm_gates.png"
+    assert cli.main(["figure", "--kind", "gates", "--out", str(out), str(one), str(five)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert figures.read_png_profile(out) == "default"
+    assert cli.figure_caption("metalstm_gates").startswith("Meta-LSTM: input and forget gate values")
+
+    plain = write_eval(tmp_path, "miniimagenet", "maml", 5, 1, 0, alternating(48, 5))
+    with pytest.raises(MetareproError, match="no 'gates'") as exc:
+        figures.figure_gates([one, plain], tmp_path / "g.png")
+    assert str(plain) in str(exc.value)
+    ev = json.loads(five.read_text())
+    ev["gates"]["forget"]["ci95"] = ev["gates"]["forget"]["ci95"][:-1]
+    five.write_text(json.dumps(ev))
+    with pytest.raises(MetareproError, match="gates.forget") as exc:
+        figures.figure_gates([five], tmp_path / "g.png")
+    assert str(five) in str(exc.value) and not (tmp_path / "g.png").exists()
+
+
 def test_method_labels():
     assert tables.method_label("maml") == "MAML" and tables.method_label("mamlpp+cml") == "MAML++ + CML"
     assert tables.method_label("nearest_neighbor") == "Nearest-neighbor baseline"

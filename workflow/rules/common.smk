@@ -9,8 +9,8 @@ import math
 import os
 import re
 
-from metarepro.config import (find_experiment, iter_pretrains, iter_runs, resolve_pretrain, resolve_run,
-                              used_datasets)
+from metarepro.config import (base_method, find_experiment, iter_pretrains, iter_runs, resolve_pretrain,
+                              resolve_run, used_datasets)
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -114,11 +114,23 @@ def pretrain_runtime(wildcards):
     return 10 + math.ceil(seconds / 60)
 
 
-def report_runs(name, dataset=None):
-    """The runs behind report `name` (only those on `dataset` if given)."""
+def report_runs(name, dataset=None, method=None):
+    """The runs behind report `name` (only those on `dataset`, and of registered method `method` or its
+    variants `method@tag`, if given)."""
     found = runs(config["reports"][name]["experiments"])
     methods = config["reports"][name].get("methods")
-    return [r for r in found if (dataset is None or r.dataset == dataset) and (methods is None or r.method in methods)]
+    return [r for r in found if (dataset is None or r.dataset == dataset)
+            and (methods is None or r.method in methods)
+            and (method is None or base_method(r.method) == method)]
+
+
+def gates_evals(wildcards):
+    """The eval.json of report `name`'s Meta-LSTM runs: the only ones that record gate values."""
+    found = report_runs(wildcards.name, method="metalstm")
+    if not found:
+        raise ValueError(f"report {wildcards.name!r} asks for the gates figure but has no Meta-LSTM run: "
+                         "drop `gates` from its figures or add an experiment with metalstm")
+    return run_files(found, "eval.json")
 
 
 def report_figures(name):

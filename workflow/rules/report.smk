@@ -7,6 +7,7 @@ localrules:
     curves,
     inner_steps,
     sinusoid_fits,
+    gates,
     index,
 
 
@@ -87,6 +88,24 @@ rule sinusoid_fits:
         runtime=10,
     shell:
         "PYTHONPATH=src python -m metarepro report figure --kind sinusoid_fits --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule gates:
+    input:
+        gates_evals,
+    output:
+        report(f"{FIGURES}/{{name}}_gates.png", caption="../report/gates.rst",
+               category="Figures", labels={"report": "{name}", "figure": "Meta-LSTM gates"}),
+    log:
+        f"{LOGS}/report/{{name}}_gates.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind gates --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule index:

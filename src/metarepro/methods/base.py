@@ -11,6 +11,7 @@ How the planned methods fit (sketched against these seams before fixing them):
 - Meta-LSTM: overrides `adapt_trajectory` (the LSTM writes the update; c_0 = the initialisation).
 - MTL: a frozen pretrained `model.features` + meta-learned scale/shift params in the params dict.
 - AMFS: overrides `adapt_trajectory` with a closed-form kernel solve.
+- Meta-LSTM gate values (its Fig. 2): `record_diagnostics` collects them from the trajectory being scored.
 - CML: a modifier overriding `meta_loss` (adds gamma * co-learner loss).
 - O-AMFS: a modifier overriding `meta_step` (cosine-weighted task gradients).
 - Hard-task meta-batch: a TaskSampler whose `feedback(tasks, losses)` re-samples the hardest classes.
@@ -21,6 +22,7 @@ How the planned methods fit (sketched against these seams before fixing them):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -230,6 +232,18 @@ class MetaLearner(nn.Module):
         return None
 
     # ---- evaluation ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def record_diagnostics(self) -> Iterator[dict[str, dict[str, Any]] | None]:
+        """Per-inner-step internals of the last adaptation run inside the block (e.g. Meta-LSTM's gate values),
+        so that evaluation records them from the very trajectory it scores instead of adapting twice.
+
+        Yields None (the default: the method has none) or a dict that is filled when the block exits:
+        {group: {key: per-step values (steps,), or {name: per-step values}}}, plain floats. evaluate() writes
+        each group into eval.json: a series as its per-step mean and 95% CI over episodes, a {name: series}
+        mapping as per-step means.
+        """
+        yield None
+
     def evaluate_task(self, task: Task, steps: int | None = None, every_step: bool = True) -> list[float]:
         """Query metric after 0..steps inner steps (index = number of steps); with `every_step=False` only after
         the last step (a one-element list). Scoring the query set dominates the cost of an evaluation episode

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +120,9 @@ class MetaLSTM(MetaLearner):
         n, hid = c.numel(), self.lstm.hidden_size
         zeros = c.detach().new_zeros
         state = (zeros(n, hid), zeros(n, hid), zeros(n), zeros(n))
+        if self._trace is not None:   # record_diagnostics / gate_trace keep the last trajectory only
+            for series in self._trace.values():
+                series.clear()
         yield Learner(self, self.unflatten(c), 0)
         for t in range(steps):
             with torch.enable_grad():
@@ -141,6 +144,22 @@ class MetaLSTM(MetaLearner):
         self._trace["forget_by_param"].append(torch.stack([v.mean() for v in f_gate.split(sizes)]))
         self._trace["input_by_param"].append(torch.stack([v.mean() for v in i_gate.split(sizes)]))
 
+    @contextlib.contextmanager
+    def _tracing(self) -> Iterator[None]:
+        self._trace = {"forget": [], "input": [], "forget_by_param": [], "input_by_param": []}
+        try:
+            yield
+        finally:
+            self._trace = None
+
+    def _stacked_trace(self) -> dict[str, object]:
+        assert self._trace is not None
+        empty = torch.zeros(0, len(list(self.model.parameters())))
+        out: dict[str, object] = {k: torch.stack(v) if v else (empty if "by" in k else torch.zeros(0))
+                                  for k, v in self._trace.items()}
+        out["param_names"] = [k for k, _ in self.model.named_parameters()]
+        return out
+
     def gate_trace(self, task: Task, steps: int | None = None) -> dict[str, object]:
         """sigmoid of the input gate i_t and forget gate f_t over `steps` inner steps on `task`.
 
@@ -149,15 +168,20 @@ class MetaLSTM(MetaLearner):
         plots one coordinate per layer) and "param_names" in that column order.
         """
         steps = self.eval_inner_steps if steps is None else steps
-        self._trace = {"forget": [], "input": [], "forget_by_param": [], "input_by_param": []}
-        try:
+        with self._tracing():
             for _ in self.adapt_trajectory(task, steps, create_graph=False):
                 pass
-            tr = self._trace
-        finally:
-            self._trace = None
-        empty = torch.zeros(0, len(list(self.model.parameters())))
-        out: dict[str, object] = {k: torch.stack(v) if v else (empty if "by" in k else torch.zeros(0))
-                                  for k, v in tr.items()}
-        out["param_names"] = [k for k, _ in self.model.named_parameters()]
-        return out
+            return self._stacked_trace()
+
+    @contextlib.contextmanager
+    def record_diagnostics(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The gate_trace of the last adaptation inside the block (e.g. the one evaluate_task scores), as
+        {"gates": {"input", "forget": [per step], "input_by_param", "forget_by_param": {name: [per step]}}}."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._tracing():
+            yield out
+            tr = self._stacked_trace()
+        gates: dict[str, Any] = {k: tr[k].tolist() for k in ("input", "forget")}
+        for k in ("input_by_param", "forget_by_param"):
+            gates[k] = {name: tr[k][:, j].tolist() for j, name in enumerate(tr["param_names"])}   # (steps,)
+        out["gates"] = gates

@@ -12,12 +12,13 @@ from typing import Sequence
 
 from ..utils import MetareproError, write_text_atomic
 
-FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits")
+FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates")
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
 FIGURE_CAPTIONS = {
     "curves": "meta-training loss and validation score vs iteration",
     "inner_steps": "test score (mean ± 95% CI) vs number of inner gradient steps",
     "sinusoid_fits": "sinusoid fits before and after inner steps (cf. Finn et al. 2017, Fig. 2)",
+    "gates": "input and forget gate values vs inner step (Meta-LSTM; cf. Ravi & Larochelle 2017, Fig. 2)",
 }
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="run directories (curves) or eval.json files (inner_steps, sinusoid_fits)")
+                   help="run directories (curves) or eval.json files (inner_steps, sinusoid_fits, gates)")
 
     i = sub.add_parser("index", help="reports/README.md listing tables and figures")
     i.add_argument("--out", required=True, help="output README.md")

@@ -1,4 +1,5 @@
-"""Report figures: meta-training curves, score vs inner steps, and sinusoid fits (Finn et al. 2017, Fig. 2).
+"""Report figures: meta-training curves, score vs inner steps, sinusoid fits (Finn et al. 2017, Fig. 2) and
+Meta-LSTM gate values (Ravi & Larochelle 2017, Fig. 2).
 
 Torch-free; matplotlib runs headless (Agg). Each PNG records the config profile(s) of its inputs
 in its metadata (key "metarepro-profile") so that `report index` can say which profile made it.
@@ -218,7 +219,66 @@ def figure_sinusoid_fits(eval_paths: Sequence[str | os.PathLike], out: str | os.
     return _save(fig, out, [str(e["run"].get("profile", "unknown")) for e in evals])
 
 
-FIGURES = {"curves": figure_curves, "inner_steps": figure_inner_steps, "sinusoid_fits": figure_sinusoid_fits}
+# ----------------------------------------------------------------------------- Meta-LSTM gates
+
+GATES = (("input", "input gate σ(i_t): the learned learning rate"),
+         ("forget", "forget gate σ(f_t): the learned shrinkage"))
+
+
+def _check_gates(ev: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """eval.json "gates" -> {gate: (mean (steps,), ci95 (steps,))}; a missing or malformed entry names the file."""
+    gates = ev.get("gates")
+    if not isinstance(gates, dict):
+        raise MetareproError(f"evaluation file {ev['_path']} has no 'gates' (only Meta-LSTM evaluations record "
+                             "them; re-run its evaluation if it predates them)")
+    out = {}
+    for gate, _ in GATES:
+        g = gates.get(gate)
+        ok = isinstance(g, dict) and isinstance(g.get("mean"), list) and isinstance(g.get("ci95"), list) \
+            and len(g["mean"]) == len(g["ci95"]) > 0
+        if not ok:
+            raise MetareproError(f"evaluation file {ev['_path']} is malformed: gates.{gate} needs 'mean' and "
+                                 "'ci95' lists of equal, non-zero length (one value per inner step)")
+        out[gate] = (np.asarray(g["mean"], dtype=float), np.nan_to_num(np.asarray(g["ci95"], dtype=float)))
+    return out
+
+
+def figure_gates(eval_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Ravi & Larochelle 2017 Fig. 2: Meta-LSTM's input and forget gate values (mean over all parameter
+    coordinates, then mean ± 95% CI over the curve episodes) vs inner step; one line per run (e.g. 1- vs 5-shot)."""
+    evals = [load_eval(p) for p in eval_paths]
+    if not evals:
+        raise MetareproError("figure --kind gates needs at least one eval.json of a Meta-LSTM run")
+    runs = [(ev, _check_gates(ev)) for ev in evals]
+    runs.sort(key=lambda r: ((DATASET_ORDER + [r[0]["run"]["dataset"]]).index(r[0]["run"]["dataset"]),
+                             r[0]["run"]["shots"], r[0]["run"]["seed"], str(r[0]["run"]["method"])))
+    settings = [(ev["run"]["dataset"], ev["run"]["shots"]) for ev, _ in runs]
+    palette = sns.color_palette("colorblind", len(runs))
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(GATES), figsize=(6 * len(GATES), 4.2), squeeze=False)
+    for (ev, gates), color in zip(runs, palette):
+        r = ev["run"]
+        label = f"{r['shots']}-shot, {DATASET_LABELS.get(r['dataset'], r['dataset'])}"
+        if settings.count((r["dataset"], r["shots"])) > 1:        # several seeds or variants of one setting
+            label += f", {method_label(str(r['method']))}, seed {r['seed']}"
+        episodes = ev["gates"].get("episodes")
+        label += f" ({episodes} episodes)" if isinstance(episodes, int) else ""
+        for ax, (gate, _) in zip(axes[0], GATES):
+            mean, ci = gates[gate]
+            steps = np.arange(1, len(mean) + 1)                    # the gate of inner step t writes theta_t
+            sns.lineplot(x=steps, y=mean, ax=ax, marker="o", color=color, label=label, errorbar=None)
+            ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.2)
+    for ax, (_, title) in zip(axes[0], GATES):
+        ax.set(title=title, xlabel="inner step t", ylabel="mean gate value over parameters")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize="small")
+    fig.suptitle("Meta-LSTM gate values over inner steps (mean ± 95% CI over test episodes)", fontsize="x-large")
+    fig.tight_layout()
+    return _save(fig, out, [str(e["run"].get("profile", "unknown")) for e in evals])
+
+
+FIGURES = {"curves": figure_curves, "inner_steps": figure_inner_steps, "sinusoid_fits": figure_sinusoid_fits,
+           "gates": figure_gates}
 
 
 def read_png_profile(path: str | os.PathLike) -> str | None:
