@@ -29,7 +29,9 @@ from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, r
 
 log = logging.getLogger("metarepro.train")
 
-LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "lr", "elapsed_s"]
+# val_inner_loss(_var): mean and variance over the validation episodes of the support loss after adaptation
+LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "val_inner_loss", "val_inner_loss_var",
+              "lr", "elapsed_s"]
 VAL_SPLIT = "val"
 
 
@@ -62,13 +64,17 @@ def mean_ci(scores: list[float] | np.ndarray) -> tuple[float, float]:
     return float(a.mean()), float(1.96 * a.std(ddof=1) / math.sqrt(a.size))
 
 
-def validate(learner: MetaLearner, episodes: Any, n: int, steps: int, device: str = "cpu") -> tuple[float, float]:
+def validate(learner: MetaLearner, episodes: Any, n: int, steps: int,
+             device: str = "cpu") -> tuple[float, float, float, float]:
+    """(mean, 95% CI) of the query score after `steps` inner steps over `n` fixed episodes, and the mean and
+    variance over those episodes of the support (inner) loss after adaptation."""
     was_training = learner.training
     learner.eval()
-    scores = [learner.evaluate_task(episodes.episode(i).to(device), steps, every_step=False)[-1]
-              for i in range(n)]
+    scored = [learner.score_task(episodes.episode(i).to(device), steps) for i in range(n)]
     learner.train(was_training)
-    return mean_ci(scores)
+    inner = np.array([s[1] for s in scored], dtype=np.float64)
+    return (*mean_ci([s[0] for s in scored]), float(inner.mean()),
+            float(inner.var(ddof=1)) if inner.size > 1 else float("nan"))
 
 
 def _val_episodes(run: RunConfig):
@@ -168,12 +174,13 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"))
         sampler.feedback(tasks, [stats.get("loss", float("nan"))] * len(tasks))
         row = {"iteration": it + 1, "meta_loss": stats["loss"], "meta_metric": stats["metric"], "val_mean": "",
-               "val_ci95": "", "lr": optimizer.param_groups[0]["lr"], "elapsed_s": 0.0}
+               "val_ci95": "", "val_inner_loss": "", "val_inner_loss_var": "", "lr": optimizer.param_groups[0]["lr"],
+               "elapsed_s": 0.0}
         if scheduler is not None:
             scheduler.step()
         if (it + 1) % tr["val_every"] == 0 or it + 1 == total:
-            vm, vc = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
-            row["val_mean"], row["val_ci95"] = vm, vc
+            vm, vc, il, iv = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
+            row.update(val_mean=vm, val_ci95=vc, val_inner_loss=il, val_inner_loss_var=iv)
             if best["val_mean"] is None or better(vm, best["val_mean"]):
                 best = {"iteration": it + 1, "val_mean": vm, "val_ci95": vc,
                         "state": {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}}
@@ -193,9 +200,10 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     if total == 0:
-        vm, vc = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
+        vm, vc, il, iv = validate(learner, val_eps, tr["val_episodes"], learner.eval_inner_steps, device)
         best = {"iteration": 0, "val_mean": vm, "val_ci95": vc, "state": None}
-        rows = [{"iteration": 0, "meta_loss": "", "meta_metric": "", "val_mean": vm, "val_ci95": vc, "lr": "",
+        rows = [{"iteration": 0, "meta_loss": "", "meta_metric": "", "val_mean": vm, "val_ci95": vc,
+                 "val_inner_loss": il, "val_inner_loss_var": iv, "lr": "",
                  "elapsed_s": round(time.perf_counter() - t0, 3)}]
         log.info("validation of the initial weights: %.3f +- %.3f", vm, vc)
     wall = time.perf_counter() - t0

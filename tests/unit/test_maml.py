@@ -95,3 +95,17 @@ def test_final_only_evaluation_scores_the_last_step_like_the_full_curve():
     full = learner.evaluate_task(task)
     assert learner.evaluate_task(task, every_step=False) == [full[-1]]
     assert learner.evaluate_task(task, steps=0, every_step=False) == [full[0]]
+
+
+def test_score_task_gives_the_query_score_and_the_support_loss_after_adaptation():
+    (x, y, u, v), task = regression_task()
+    learner = build("maml", Linear1D(0.7, -0.2), "regression", inner_lr=0.05, eval_inner_steps=2)
+    learner.eval()
+    q0, s0 = learner.score_task(task, steps=0)
+    assert q0 == pytest.approx(np.mean((0.7 * u.ravel() - 0.2 - v.ravel()) ** 2))
+    assert s0 == pytest.approx(np.mean((0.7 * x.ravel() - 0.2 - y.ravel()) ** 2))
+    q2, s2 = learner.score_task(task)
+    adapted = learner.adapt(task, 2)
+    w, b = adapted.params["w"].item(), adapted.params["b"].item()
+    assert q2 == pytest.approx(learner.evaluate_task(task)[-1])
+    assert s2 == pytest.approx(np.mean((w * x.ravel() + b - y.ravel()) ** 2)) and s2 < s0

@@ -244,6 +244,15 @@ class MetaLearner(nn.Module):
         """
         yield None
 
+    def score_task(self, task: Task, steps: int | None = None) -> tuple[float, float]:
+        """(query metric, support-set loss) after `steps` inner steps: what validation records. The support loss
+        after adaptation is the "inner loss" whose spread over tasks the loss-variance figure follows."""
+        steps = self.eval_inner_steps if steps is None else steps
+        learner = self.adapt(task, steps, create_graph=False)
+        with torch.no_grad():
+            return (self.metric(learner(task.x_query), task.y_query),
+                    float(self.loss(learner(task.x_support), task.y_support)))
+
     def evaluate_task(self, task: Task, steps: int | None = None, every_step: bool = True) -> list[float]:
         """Query metric after 0..steps inner steps (index = number of steps); with `every_step=False` only after
         the last step (a one-element list). Scoring the query set dominates the cost of an evaluation episode
