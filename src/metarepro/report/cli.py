@@ -1,4 +1,4 @@
-"""`python -m metarepro report {table,figure,index}`: the report stage's command line (torch-free)."""
+"""`python -m metarepro report {table,complexity,figure,index}`: the report stage's command line (torch-free)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output .md (default: reports/tables/NAME.md); the .csv goes beside it")
     t.add_argument("evals", nargs="+", metavar="EVAL_JSON")
 
+    # Its own subcommand rather than a `table` flag: it reads run directories (eval.json + config.yaml),
+    # not eval.json files and the paper csv, and writes a second file pair, so its rule reruns on its own.
+    c = sub.add_parser("complexity", help="parameters, time and memory per method: writes NAME_complexity.md/.csv")
+    c.add_argument("--name", required=True, help="report name; the output's file stem is NAME_complexity")
+    c.add_argument("--title", help="heading of the Markdown table (default: NAME: complexity)")
+    c.add_argument("--out", help="output .md (default: reports/tables/NAME_complexity.md); the .csv goes beside it")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding eval.json and config.yaml")
+
     f = sub.add_parser("figure", help="a PNG figure")
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
@@ -63,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             paper = None if str(args.paper).lower() == "none" else args.paper
             md, csv_path = make_table(args.evals, out, args.title or args.name, paper)
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "complexity":
+            out = Path(args.out or f"reports/tables/{args.name}_complexity.md")
+            if out.stem != f"{args.name}_complexity":
+                raise MetareproError(f"--out {out} does not match --name {args.name} "
+                                     f"(expected .../{args.name}_complexity.md)")
+            from .complexity import make_complexity_table
+
+            md, csv_path = make_complexity_table(args.run_dirs, out, args.title or f"{args.name}: complexity")
             print(f"wrote {md} and {csv_path}")
         elif args.command == "figure":
             from .figures import FIGURES
