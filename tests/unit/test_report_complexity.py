@@ -1,14 +1,15 @@
-"""Complexity table, on run directories built here."""
+"""Complexity table and the inner-loss variance figure, on run directories built here."""
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from metarepro.report import cli, complexity
+from metarepro.report import cli, complexity, figures
 from metarepro.utils import MetareproError
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
@@ -133,3 +134,65 @@ def test_eval_and_config_of_different_runs_are_refused(tmp_path):
     (b / "config.yaml").write_text((a / "config.yaml").read_text())
     with pytest.raises(MetareproError, match=r"describe different runs \(they differ in \['method'\]\)"):
         complexity.load_run_cost(b)
+
+
+# ----------------------------------------------------------------------------- loss-variance figure
+
+def write_train_log(run_dir: Path, *, inner: bool = True, filled: bool = True, iterations: int = 200,
+                    var0: float = 0.5) -> None:
+    """train_log.csv as train.py writes it; inner-loss columns filled on validation rows (every 50) only."""
+    cols = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95"]
+    cols += ["val_inner_loss", "val_inner_loss_var"] if inner else []
+    lines = [",".join(cols + ["lr", "elapsed_s"])]
+    for it in range(1, iterations + 1):
+        val = it % 50 == 0
+        cells = [str(it), f"{2.0 / it:.4f}", "50.0", f"{40 + it / 10:.2f}" if val else "", "1.5" if val else ""]
+        if inner:
+            cells += [f"{1.0 / it:.4f}", f"{var0 / it:.6f}"] if val and filled else ["", ""]
+        lines.append(",".join(cells + ["0.001", f"{it * 0.1:.1f}"]))
+    (run_dir / "train_log.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_loss_variance_figure_renders_and_skips_baselines(tmp_path, caplog):
+    runs = [write_run(tmp_path, m, shots=k) for m in ("maml", "pamela") for k in (1, 5)]
+    for i, d in enumerate(runs):
+        write_train_log(d, var0=0.5 * (i + 1))
+    base = write_run(tmp_path, "nearest_neighbor", best_iteration=0)
+    (base / "train_log.csv").write_text("iteration,meta_loss,meta_metric,val_mean,val_ci95,lr,elapsed_s\n"
+                                        "0,,,55.0,1.2,,3.0\n")                          # an older baseline log
+    caplog.set_level(logging.INFO, logger="metarepro.report")
+    out = tmp_path / "figures" / "pamela_main_loss_variance.png"
+    assert cli.main(["figure", "--kind", "loss_variance", "--out", str(out), *map(str, runs), str(base)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert figures.read_png_profile(out) == "default"
+    assert any("skipping" in r.message and str(base) in r.message for r in caplog.records)
+    assert cli.figure_caption(out.stem).startswith("PAMELA main: variance of the inner-loop loss")
+
+    with pytest.raises(MetareproError, match="at least one meta-trained run"):
+        figures.figure_loss_variance([base], tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("inner, filled, needle", [
+    (False, True, r"lacks columns \['val_inner_loss', 'val_inner_loss_var'\]"),
+    (True, False, "no filled 'val_inner_loss_var'"),
+])
+def test_loss_variance_figure_errors_name_the_log(tmp_path, inner, filled, needle):
+    ok, bad = write_run(tmp_path, "maml"), write_run(tmp_path, "pamela")
+    write_train_log(ok)
+    write_train_log(bad, inner=inner, filled=filled)
+    with pytest.raises(MetareproError, match=needle) as exc:
+        figures.figure_loss_variance([ok, bad], tmp_path / "f.png")
+    assert str(bad / "train_log.csv") in str(exc.value) and not (tmp_path / "f.png").exists()
+
+
+def test_loss_variance_keeps_a_linear_axis_for_zero_variance(tmp_path, monkeypatch):
+    d = write_run(tmp_path, "maml")
+    write_train_log(d, var0=0.0)
+    scales = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, profiles: scales.append(
+        [ax.get_yscale() for ax in fig.axes]) or Path(out))
+    figures.figure_loss_variance([d], tmp_path / "f.png")
+    assert scales == [["linear", "linear"]]
+    write_train_log(d, var0=1.0)
+    figures.figure_loss_variance([d], tmp_path / "f.png")
+    assert scales[-1] == ["log", "linear"]

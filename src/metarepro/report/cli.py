@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import os
 import re
 import sys
@@ -12,13 +13,15 @@ from typing import Sequence
 
 from ..utils import MetareproError, write_text_atomic
 
-FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates")
+FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance")
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
 FIGURE_CAPTIONS = {
     "curves": "meta-training loss and validation score vs iteration",
     "inner_steps": "test score (mean ± 95% CI) vs number of inner gradient steps",
     "sinusoid_fits": "sinusoid fits before and after inner steps (cf. Finn et al. 2017, Fig. 2)",
     "gates": "input and forget gate values vs inner step (Meta-LSTM; cf. Ravi & Larochelle 2017, Fig. 2)",
+    "loss_variance": "variance of the inner-loop loss across validation tasks and validation score vs iteration "
+                     "(cf. Rajasegaran et al. 2020, PAMELA vs MAML)",
 }
 
 
@@ -46,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="run directories (curves) or eval.json files (inner_steps, sinusoid_fits, gates)")
+                   help="run directories (curves, loss_variance) or eval.json files (inner_steps, sinusoid_fits, "
+                        "gates)")
 
     i = sub.add_parser("index", help="reports/README.md listing tables and figures")
     i.add_argument("--out", required=True, help="output README.md")
@@ -62,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:    # --help or a usage error (argparse has printed it)
         return int(exc.code or 0)
+    # the job's log (stderr) gets the notes figures make, e.g. which runs a figure skipped
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "table":
             out = Path(args.out or f"reports/tables/{args.name}.md")
