@@ -312,7 +312,8 @@ def test_report_package_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, metarepro.report.cli, metarepro.report.tables, metarepro.report.figures; "
+    code = ("import sys, metarepro.report.cli, metarepro.report.tables, metarepro.report.figures, "
+            "metarepro.report.complexity; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 

@@ -86,7 +86,7 @@ def test_outputs_follow_the_configured_dirs(configfile: str | None) -> None:
     jobs = planned_jobs(ok(snakemake("-n", "-p", "--forceall", *args)))
     assert jobs
     where = {"metatrain": cfg["results_dir"], "evaluate": cfg["results_dir"], "table": cfg["reports_dir"],
-             "index": cfg["reports_dir"], "prepare": cfg["data"]["dir"], "download": cfg["data"]["raw_dir"]}
+             "complexity": cfg["reports_dir"], "index": cfg["reports_dir"], "prepare": cfg["data"]["dir"], "download": cfg["data"]["raw_dir"]}
     for job in jobs:
         if job["rule"] in where:
             for out in job["output"].split(", "):
@@ -114,6 +114,15 @@ def test_paper_dry_run_schedules_every_listed_run() -> None:
     assert downloads == set(used_datasets(cfg)) - {"sinusoid"} and "tieredimagenet" in downloads
     assert {j["output"] for j in jobs if j["rule"] == "table"} >= {
         f"{cfg['reports_dir']}/tables/{name}.md, {cfg['reports_dir']}/tables/{name}.csv" for name in cfg["reports"]}
+    # a report's `complexity: true` and `figures: [..., loss_variance]` reach the default target
+    tables = f"{cfg['reports_dir']}/tables"
+    assert {j["output"] for j in jobs if j["rule"] == "complexity"} == {
+        f"{tables}/{name}_complexity.md, {tables}/{name}_complexity.csv"
+        for name, report in cfg["reports"].items() if report.get("complexity")} != set()
+    figures = cfg.get("figures_dir") or f"{cfg['reports_dir']}/figures"
+    assert {j["output"] for j in jobs if j["rule"] == "loss_variance"} == {
+        f"{figures}/{name}_loss_variance.png"
+        for name, report in cfg["reports"].items() if "loss_variance" in (report.get("figures") or [])} != set()
 
 
 def test_paper_report_target_schedules_only_its_experiments() -> None:
@@ -122,11 +131,16 @@ def test_paper_report_target_schedules_only_its_experiments() -> None:
 
     cfg = _paper_config()
     name = "pamela_ablation"
-    text = ok(snakemake(f"{cfg['reports_dir']}/tables/{name}.md", "-n", "-p", "--forceall",
-                        "--configfile", "config/paper.yaml"))
-    planned = {j["output"].split(", ")[0] for j in planned_jobs(text) if j["rule"] == "metatrain"}
-    assert planned == {f"{r.run_dir}/model.pt" for r in iter_runs(cfg, cfg["reports"][name]["experiments"])}
+    text = ok(snakemake(f"{cfg['reports_dir']}/tables/{name}.md", f"{cfg['reports_dir']}/tables/{name}_complexity.md",
+                        "-n", "-p", "--forceall", "--configfile", "config/paper.yaml"))
+    jobs = planned_jobs(text)
+    planned = {j["output"].split(", ")[0] for j in jobs if j["rule"] == "metatrain"}
+    runs = iter_runs(cfg, cfg["reports"][name]["experiments"])
+    assert planned == {f"{r.run_dir}/model.pt" for r in runs}
     assert any("/pamela@q_shared/5way5shot/" in p for p in planned) and len(planned) == 6
+    (complexity,) = [j for j in jobs if j["rule"] == "complexity"]   # reads the same runs' directories
+    assert f"report complexity --name {name} " in complexity["shell"]
+    assert all(f" {r.run_dir} " in complexity["shell"].replace("'", " ") for r in runs)
 
 
 def test_snakemake_never_imports_torch(tmp_path: Path) -> None:

@@ -4,10 +4,12 @@
 # Cheap, and they write into the (git-tracked) reports folder: run them where Snakemake runs.
 localrules:
     table,
+    complexity,
     curves,
     inner_steps,
     sinusoid_fits,
     gates,
+    loss_variance,
     index,
 
 
@@ -32,6 +34,29 @@ rule table:
     shell:
         "PYTHONPATH=src python -m metarepro report table --name {wildcards.name} --title {params.title:q} --paper {input.paper:q}"
         " --out {output.md:q} {input.evals:q} > {log:q} 2>&1"
+
+
+rule complexity:
+    input:
+        lambda w: run_files(report_runs(w.name), "eval.json", "config.yaml"),
+    output:
+        md=f"{REPORTS}/tables/{{name}}_complexity.md",
+        csv=report(f"{REPORTS}/tables/{{name}}_complexity.csv", caption="../report/complexity.rst",
+                   category="Tables", labels={"report": "{name}", "table": "complexity"}),
+    log:
+        f"{LOGS}/report/{{name}}_complexity.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        title=lambda w: f"Complexity (parameters, time, memory): {config['reports'][w.name].get('title', w.name)}",
+        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+    shell:
+        "PYTHONPATH=src python -m metarepro report complexity --name {wildcards.name} --title {params.title:q}"
+        " --out {output.md:q} {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule curves:
@@ -106,6 +131,27 @@ rule gates:
         runtime=10,
     shell:
         "PYTHONPATH=src python -m metarepro report figure --kind gates --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule loss_variance:
+    input:
+        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
+    output:
+        report(f"{FIGURES}/{{name}}_loss_variance.png", caption="../report/loss_variance.rst",
+               category="Figures", labels={"report": "{name}", "figure": "inner-loss variance"}),
+    log:
+        f"{LOGS}/report/{{name}}_loss_variance.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind loss_variance --out {output:q} {params.run_dirs:q}"
+        " > {log:q} 2>&1"
 
 
 rule index:

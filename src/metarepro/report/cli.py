@@ -1,9 +1,10 @@
-"""`python -m metarepro report {table,figure,index}`: the report stage's command line (torch-free)."""
+"""`python -m metarepro report {table,complexity,figure,index}`: the report stage's command line (torch-free)."""
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import logging
 import os
 import re
 import sys
@@ -12,13 +13,15 @@ from typing import Sequence
 
 from ..utils import MetareproError, write_text_atomic
 
-FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates")
+FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance")
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
 FIGURE_CAPTIONS = {
     "curves": "meta-training loss and validation score vs iteration",
     "inner_steps": "test score (mean ± 95% CI) vs number of inner gradient steps",
     "sinusoid_fits": "sinusoid fits before and after inner steps (cf. Finn et al. 2017, Fig. 2)",
     "gates": "input and forget gate values vs inner step (Meta-LSTM; cf. Ravi & Larochelle 2017, Fig. 2)",
+    "loss_variance": "variance of the inner-loop loss across validation tasks and validation score vs iteration "
+                     "(cf. Rajasegaran et al. 2020, PAMELA vs MAML)",
 }
 
 
@@ -34,11 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output .md (default: reports/tables/NAME.md); the .csv goes beside it")
     t.add_argument("evals", nargs="+", metavar="EVAL_JSON")
 
+    # Its own subcommand rather than a `table` flag: it reads run directories (eval.json + config.yaml),
+    # not eval.json files and the paper csv, and writes a second file pair, so its rule reruns on its own.
+    c = sub.add_parser("complexity", help="parameters, time and memory per method: writes NAME_complexity.md/.csv")
+    c.add_argument("--name", required=True, help="report name; the output's file stem is NAME_complexity")
+    c.add_argument("--title", help="heading of the Markdown table (default: NAME: complexity)")
+    c.add_argument("--out", help="output .md (default: reports/tables/NAME_complexity.md); the .csv goes beside it")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding eval.json and config.yaml")
+
     f = sub.add_parser("figure", help="a PNG figure")
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="run directories (curves) or eval.json files (inner_steps, sinusoid_fits, gates)")
+                   help="run directories (curves, loss_variance) or eval.json files (inner_steps, sinusoid_fits, "
+                        "gates)")
 
     i = sub.add_parser("index", help="reports/README.md listing tables and figures")
     i.add_argument("--out", required=True, help="output README.md")
@@ -54,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:    # --help or a usage error (argparse has printed it)
         return int(exc.code or 0)
+    # the job's log (stderr) gets the notes figures make, e.g. which runs a figure skipped
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "table":
             out = Path(args.out or f"reports/tables/{args.name}.md")
@@ -63,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             paper = None if str(args.paper).lower() == "none" else args.paper
             md, csv_path = make_table(args.evals, out, args.title or args.name, paper)
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "complexity":
+            out = Path(args.out or f"reports/tables/{args.name}_complexity.md")
+            if out.stem != f"{args.name}_complexity":
+                raise MetareproError(f"--out {out} does not match --name {args.name} "
+                                     f"(expected .../{args.name}_complexity.md)")
+            from .complexity import make_complexity_table
+
+            md, csv_path = make_complexity_table(args.run_dirs, out, args.title or f"{args.name}: complexity")
             print(f"wrote {md} and {csv_path}")
         elif args.command == "figure":
             from .figures import FIGURES

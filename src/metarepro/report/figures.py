@@ -1,11 +1,13 @@
-"""Report figures: meta-training curves, score vs inner steps, sinusoid fits (Finn et al. 2017, Fig. 2) and
-Meta-LSTM gate values (Ravi & Larochelle 2017, Fig. 2).
+"""Report figures: meta-training curves, score vs inner steps, sinusoid fits (Finn et al. 2017, Fig. 2),
+Meta-LSTM gate values (Ravi & Larochelle 2017, Fig. 2) and inner-loss variance over meta-training
+(Rajasegaran et al. 2020, PAMELA vs MAML).
 
 Torch-free; matplotlib runs headless (Agg). Each PNG records the config profile(s) of its inputs
 in its metadata (key "metarepro-profile") so that `report index` can say which profile made it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -24,9 +26,14 @@ import yaml  # noqa: E402
 from ..utils import MetareproError, atomic_path  # noqa: E402
 from .tables import DATASET_LABELS, DATASET_ORDER, aggregate, load_eval, method_label, setting_label  # noqa: E402
 
+log = logging.getLogger("metarepro.report")
+
 DPI = 150
 PROFILE_KEY = "metarepro-profile"
 TRAIN_LOG_COLUMNS = ("iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95")
+# filled on validation rows only: mean over the validation episodes of the support loss after the inner
+# loop, and its variance across those episodes (older logs lack them)
+INNER_LOSS_COLUMNS = ("val_inner_loss", "val_inner_loss_var")
 MAX_FIT_PANELS = 5          # tasks per row in the sinusoid figure; more become unreadable
 
 
@@ -115,6 +122,74 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize="small")
     fig.suptitle("Meta-training curves", fontsize="x-large")
+    fig.tight_layout()
+    return _save(fig, out, [str(c.get("profile", "unknown")) for c, _ in runs])
+
+
+# ----------------------------------------------------------------------------- inner-loss variance
+
+def _inner_loss_rows(run_dir: str | os.PathLike, log_df: pd.DataFrame) -> pd.DataFrame:
+    """The validation rows that carry the inner-loss statistics; an error naming the log if there are none."""
+    path = Path(run_dir) / "train_log.csv"
+    missing = [c for c in INNER_LOSS_COLUMNS if c not in log_df.columns]
+    if missing:
+        raise MetareproError(f"training log {path} lacks columns {missing} (written by training since the inner-loss "
+                             f"statistics were added; re-run meta-training for this run); has {list(log_df.columns)}")
+    log_df = log_df.copy()
+    for c in INNER_LOSS_COLUMNS:
+        log_df[c] = pd.to_numeric(log_df[c], errors="coerce")
+    rows = log_df.dropna(subset=["val_inner_loss_var"])
+    if rows.empty:
+        raise MetareproError(f"training log {path} has no filled 'val_inner_loss_var' value (it is filled on "
+                             "validation rows only)")
+    return rows
+
+
+def figure_loss_variance(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Variance across validation episodes of the support loss after the inner loop, and the validation score,
+    vs meta-iteration (PAMELA vs MAML, Rajasegaran et al. 2020); one row per dataset/setting, one line per run.
+    Runs with 0 meta-iterations (baselines) have no curve and are skipped."""
+    runs = []
+    for d in run_dirs:
+        cfg, log_df = load_run_dir(d)
+        if not (log_df["iteration"] > 0).any():
+            log.info("loss_variance: skipping %s (%s): no meta-training iterations", d, _run_label(cfg))
+            continue
+        runs.append((cfg, _inner_loss_rows(d, log_df)))
+    if not runs:
+        raise MetareproError("figure --kind loss_variance needs at least one meta-trained run directory "
+                             f"(given: {', '.join(map(str, run_dirs)) or 'none'})")
+    order = DATASET_ORDER + sorted({c["dataset"] for c, _ in runs})
+    settings = sorted({(c["dataset"], int(c["ways"]), int(c["shots"])) for c, _ in runs},
+                      key=lambda k: (order.index(k[0]), k[1], k[2]))
+    methods = list(dict.fromkeys(str(c["method"]) for c, _ in runs))
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))   # one color per method
+    styles = ["-", "--", ":", "-."]                                                # seeds of one method
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4 * len(settings)), squeeze=False)
+    for (ds, ways, shots), (ax_var, ax_val) in zip(settings, axes):
+        these = [(c, v) for c, v in runs if (c["dataset"], int(c["ways"]), int(c["shots"])) == (ds, ways, shots)]
+        lines_of: dict[str, int] = {}
+        for cfg, val in these:
+            method = str(cfg["method"])
+            style = styles[lines_of.get(method, 0) % len(styles)]
+            lines_of[method] = lines_of.get(method, 0) + 1
+            kw = dict(color=palette[method], linestyle=style, marker="o", markersize=3, linewidth=1.6,
+                      label=_run_label(cfg))
+            ax_var.plot(val["iteration"], val["val_inner_loss_var"], **kw)
+            score = val.dropna(subset=["val_mean"])
+            ax_val.plot(score["iteration"], score["val_mean"], **kw)
+        variances = pd.concat([v["val_inner_loss_var"] for _, v in these])
+        if (variances > 0).all():
+            ax_var.set_yscale("log")
+        title = f"{DATASET_LABELS.get(ds, ds)} {setting_label(ds, ways, shots)}"
+        ax_var.set(title=f"{title}: inner-loss variance across validation tasks", xlabel="meta-iteration",
+                   ylabel="support-loss variance after the inner loop")
+        ax_val.set(title=f"{title}: validation", xlabel="meta-iteration",
+                   ylabel=_metric_label("mse" if ds == "sinusoid" else "accuracy", "validation"))
+        for ax in (ax_var, ax_val):
+            ax.legend(fontsize="small")
+    fig.suptitle("Inner-loss variance and validation score during meta-training", fontsize="x-large")
     fig.tight_layout()
     return _save(fig, out, [str(c.get("profile", "unknown")) for c, _ in runs])
 
@@ -278,7 +353,7 @@ def figure_gates(eval_paths: Sequence[str | os.PathLike], out: str | os.PathLike
 
 
 FIGURES = {"curves": figure_curves, "inner_steps": figure_inner_steps, "sinusoid_fits": figure_sinusoid_fits,
-           "gates": figure_gates}
+           "gates": figure_gates, "loss_variance": figure_loss_variance}
 
 
 def read_png_profile(path: str | os.PathLike) -> str | None:
