@@ -109,7 +109,7 @@ def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list
     write_text_atomic(out / "train_log.csv", buf.getvalue())
     write_yaml_atomic(out / "config.yaml", {**config, "provenance": {
         "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
-        "peak_memory_mb": round(final["peak_memory_mb"], 1), **provenance}})
+        "peak_memory_mb": round(final["peak_memory_mb"], 1), "device": final.get("device", "cpu"), **provenance}})
     with atomic_path(artifact) as tmp:
         torch.save(final, tmp)
     ckpt_path.unlink(missing_ok=True)
