@@ -130,7 +130,8 @@ VARIANT_SWITCHES = {
     "pamela@skip": {"q_mode": "none", "skip": True},
     "mamlpp@maml": dict.fromkeys(MAMLPP_FIXES, False),
     **{f"mamlpp@{tag}": {fix: fix == on for fix in MAMLPP_FIXES}
-       for tag, on in (("bn", "per_step_bn"), ("lslr", "lslr"), ("ca", "cosine_annealing"), ("msl", "multi_step_loss"))},
+       for tag, on in (("bn", "per_step_bn"), ("lslr", "lslr"), ("ca", "cosine_annealing"), ("msl", "multi_step_loss"),
+                                ("da", "derivative_order_annealing"))},
     "matchingnet@fce": {"fce": True},
 }
 

@@ -118,9 +118,9 @@ def report_runs(name, dataset=None, method=None):
     """The runs behind report `name` (only those on `dataset`, and of registered method `method` or its
     variants `method@tag`, if given)."""
     found = runs(config["reports"][name]["experiments"])
-    methods = config["reports"][name].get("methods")
+    methods, shots = config["reports"][name].get("methods"), config["reports"][name].get("shots")
     return [r for r in found if (dataset is None or r.dataset == dataset)
-            and (methods is None or r.method in methods)
+            and (methods is None or r.method in methods) and (shots is None or r.shots in shots)
             and (method is None or base_method(r.method) == method)]
 
 

@@ -47,6 +47,7 @@ VARIANT_LABELS: dict[str, str] = {
     "mamlpp@lslr": "MAML + LSLR",
     "mamlpp@ca": "MAML + CA",
     "mamlpp@msl": "MAML + MSL",
+    "mamlpp@da": "MAML + DA",                               # derivative-order annealing only
     "matchingnet@fce": "Matching Networks FCE",
 }
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
