@@ -30,8 +30,9 @@ from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, r
 log = logging.getLogger("metarepro.train")
 
 # val_inner_loss(_var): mean and variance over the validation episodes of the support loss after adaptation
+# skipped: 1 where the meta-step was skipped because a gradient was inf/NaN (a diverging inner loop)
 LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "val_inner_loss", "val_inner_loss_var",
-              "lr", "elapsed_s"]
+              "lr", "skipped", "elapsed_s"]
 VAL_SPLIT = "val"
 
 
@@ -173,9 +174,15 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         tasks = [t.to(device) for t in sampler.sample(it, tr["meta_batch"])]
         stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"))
         sampler.feedback(tasks, [stats.get("loss", float("nan"))] * len(tasks))
+        skipped = int(stats.get("skipped", 0))
+        if skipped:
+            n_skipped = sum(int(r.get("skipped") or 0) for r in rows) + 1
+            if n_skipped == 1 or n_skipped % 100 == 0:
+                log.warning("iteration %d: non-finite meta-gradient (an inner loop diverged), update skipped "
+                            "(%d skipped so far)", it + 1, n_skipped)
         row = {"iteration": it + 1, "meta_loss": stats["loss"], "meta_metric": stats["metric"], "val_mean": "",
                "val_ci95": "", "val_inner_loss": "", "val_inner_loss_var": "", "lr": optimizer.param_groups[0]["lr"],
-               "elapsed_s": 0.0}
+               "skipped": skipped, "elapsed_s": 0.0}
         if scheduler is not None:
             scheduler.step()
         if (it + 1) % tr["val_every"] == 0 or it + 1 == total:
@@ -214,7 +221,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
              "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device}
     write_outputs(out / "model.pt", final, LOG_FIELDS, rows, run.to_dict(), wall, ckpt_path,
-                  best_iteration=best["iteration"], best_val_mean=best["val_mean"])
+                  best_iteration=best["iteration"], best_val_mean=best["val_mean"],
+                  skipped_steps=sum(int(r.get("skipped") or 0) for r in rows))
     log.info("done %s in %.1fs (best val %.4f at iteration %d)", out, wall, best["val_mean"] or float("nan"),
              best["iteration"])
     return out / "model.pt"

@@ -43,7 +43,7 @@ def _build(steps, q_mode="per_step", skip=True, window=2, **kw):
                skip_window=window, **kw)
     with torch.no_grad():
         for j, qd in enumerate(m.q):
-            qd["w"].fill_(Q[j][0]); qd["b"].fill_(Q[j][1])
+            qd["w"].fill_(np.log(Q[j][0] / 0.01)); qd["b"].fill_(np.log(Q[j][1] / 0.01))   # Q = 0.01 exp(rho)
         for k, pd in enumerate(m.p_raw):
             pd["w"].fill_(np.log(P[k][0] / (1 - P[k][0]))); pd["b"].fill_(np.log(P[k][1] / (1 - P[k][1])))
     m.train()
@@ -70,7 +70,8 @@ def test_one_step_and_meta_gradient_with_per_step_q():
     assert loss.item() == pytest.approx(np.mean((th1[0] * U + th1[1] - V) ** 2), abs=1e-6)
     loss.backward()
     d_theta, d_q, _ = _grads(m)
-    np.testing.assert_allclose(d_q[0], -g0 * a, atol=1e-6, rtol=0)              # dL/dQ_0 = -grad_s * dL/dtheta'
+    # dL/dQ_0 = -grad_s * dL/dtheta'; rho_0 = log(Q_0 / 0.01) gets dL/dQ_0 * Q_0
+    np.testing.assert_allclose(d_q[0], -g0 * a * Q[0], atol=1e-6, rtol=0)
     np.testing.assert_allclose(d_theta, a - HS @ (Q[0] * a), atol=1e-6, rtol=0)  # (I - diag(Q) H)^T a
     assert np.abs(HS @ (Q[0] * a)).max() > 1e-3         # second-order term matters here
 
@@ -104,8 +105,8 @@ def test_two_steps_with_window_2_skip_and_meta_gradients_to_q_and_p():
     dQ0 = d_th1 * (-g0)
     d_th0 = P[0] * a + d_th1 - HS @ (Q[0] * d_th1)      # skip path + step path
     d_theta, d_q, d_p = _grads(m)
-    np.testing.assert_allclose(d_q[0], dQ0, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(d_q[1], dQ1, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(d_q[0], dQ0 * Q[0], atol=1e-6, rtol=0)   # through Q = 0.01 exp(rho)
+    np.testing.assert_allclose(d_q[1], dQ1 * Q[1], atol=1e-6, rtol=0)
     np.testing.assert_allclose(d_p[0], dP * P[0] * (1 - P[0]), atol=1e-6, rtol=0)   # through the sigmoid
     np.testing.assert_allclose(d_theta, d_th0, atol=1e-6, rtol=0)
 

@@ -211,10 +211,20 @@ class MetaLearner(nn.Module):
             (loss / len(tasks)).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / len(tasks)
+        if not self.finite_grads():
+            # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
+            # NaN into every meta-parameter; the training loop counts and logs skipped steps
+            optimizer.zero_grad(set_to_none=True)
+            return {**stats, "skipped": 1.0}
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
         optimizer.step()
         return stats
+
+    def finite_grads(self) -> bool:
+        """Whether every meta-parameter's gradient is finite (no inf/NaN from a diverging inner loop)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
     def can_stack(self, tasks: list[Task]) -> bool:
         """Whether `meta_step` runs `tasks` as one stacked task (see `task_batching`)."""
