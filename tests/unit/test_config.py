@@ -244,7 +244,8 @@ def test_registry_builds_a_variant_as_its_method_with_its_switches() -> None:
     for bad in ("pamla@x", "pamela@", "pamela@Bad", "pamela@a@b"):
         with pytest.raises(KeyError, match="known"):
             methods.build(bad, model, "regression")
-    assert all(torch.equal(q, torch.full_like(q, 0.01)) for q in learner.q[0].values())
+    assert all(torch.equal(learner.preconditioner(k, 0), torch.full_like(p, 0.01))   # Q starts at inner_lr
+               for k, p in model.named_parameters())
 
 
 def test_schema_datasets_equal_registry() -> None:
