@@ -79,11 +79,19 @@ def prepared(dataset):
 
 
 def train_runtime(wildcards):
-    """Minutes a meta-training job may take (a generous estimate from the config)."""
-    exp = config["experiments"][find_experiment(config, wildcards.dataset, wildcards.method,
-                                                int(wildcards.ways), int(wildcards.shots))]
-    per_task = SECONDS_PER_TASK.get(exp["backbone"], 1.0)
-    return 10 + math.ceil(exp["train"]["iterations"] * exp["train"]["meta_batch"] * per_task / 60)
+    """Minutes a meta-training job may take (a generous estimate from the run's resolved train settings)."""
+    run = json.loads(run_config(wildcards))
+    per_task = SECONDS_PER_TASK.get(run["backbone"], 1.0)
+    return 10 + math.ceil(run["train"]["iterations"] * run["train"]["meta_batch"] * per_task / 60)
+
+
+def train_priority(wildcards):
+    """Longest trainings first (their estimated minutes), so the longest job does not start last and stretch the
+    wall time of a run on few cores; data preparation comes before any training (DATA_PRIORITY)."""
+    return train_runtime(wildcards)
+
+
+DATA_PRIORITY = 1000
 
 
 def pretrains():

@@ -17,6 +17,7 @@ rule download:
     conda:
         "../../environment.yml"
     threads: 1
+    priority: DATA_PRIORITY
     resources:
         mem_mb=1000,
         runtime=60,
@@ -46,6 +47,7 @@ rule prepare:
     conda:
         "../../environment.yml"
     threads: 1
+    priority: DATA_PRIORITY
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=60,

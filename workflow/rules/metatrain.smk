@@ -17,6 +17,7 @@ rule metatrain:
     conda:
         "../../environment.yml"
     threads: config["threads"]
+    priority: train_priority
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=train_runtime,

@@ -18,6 +18,7 @@ rule pretrain:
     conda:
         "../../environment.yml"
     threads: config["threads"]
+    priority: 20              # a few minutes, and the baselines wait for it: early, after the longest trainings
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=pretrain_runtime,
