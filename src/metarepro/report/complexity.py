@@ -6,18 +6,16 @@ Torch-free like the rest of the report stage. Reads, for each run directory, the
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from ..utils import MetareproError, write_text_atomic
-from .tables import (DASH, DATASET_LABELS, DATASET_ORDER, REFERENCE_METHOD, _is_number, _join_unique, _num,
+from .tables import read_run_config
+from .tables import render_csv as tables_render_csv
+from .tables import (DASH, DATASET_LABELS, DATASET_ORDER, REFERENCE_METHOD, _is_number, _join_unique,
                      _pipe_table, _sort_key_method, backbone_label, load_eval, method_label, setting_label)
 
 RUN_KEYS = ("dataset", "method", "ways", "shots", "seed")
@@ -64,12 +62,7 @@ class RunCost:
 
 def _load_run_config(path: Path) -> dict:
     """config.yaml of a finished training job, checked; any problem raises MetareproError naming the file."""
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MetareproError(f"cannot read run config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
+    cfg = read_run_config(path)
     if not isinstance(cfg, dict):
         raise MetareproError(f"run config {path} is malformed: expected a mapping, got {type(cfg).__name__}")
     problems = [f"missing key '{k}'" for k in RUN_KEYS if k not in cfg]
@@ -264,12 +257,7 @@ def render_markdown(title: str, rows: list[dict]) -> str:
 
 
 def render_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _num(r.get(k)) for k in CSV_COLUMNS})
-    return buf.getvalue()
+    return tables_render_csv(rows, CSV_COLUMNS)
 
 
 def make_complexity_table(run_dirs: Sequence[str | os.PathLike], out_md: str | os.PathLike,

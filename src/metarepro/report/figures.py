@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
 
 from ..utils import MetareproError, atomic_path  # noqa: E402
-from .tables import DATASET_LABELS, DATASET_ORDER, aggregate, load_eval, method_label, setting_label  # noqa: E402
+from .tables import (DATASET_LABELS, DATASET_ORDER, aggregate, load_eval, method_label, read_run_config,  # noqa: E402
+                     setting_label)
 
 log = logging.getLogger("metarepro.report")
 
@@ -58,12 +58,7 @@ def _save(fig, out: str | os.PathLike, profiles: Sequence[str]) -> Path:
 def load_run_dir(run_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
     run_dir = Path(run_dir)
     cfg_path, log_path = run_dir / "config.yaml", run_dir / "train_log.csv"
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text())
-    except OSError as exc:
-        raise MetareproError(f"cannot read run config {cfg_path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise MetareproError(f"run config {cfg_path} is not valid YAML: {exc}") from exc
+    cfg = read_run_config(cfg_path)
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("dataset", "method", "ways", "shots", "seed")):
         raise MetareproError(f"run config {cfg_path} is malformed: needs dataset, method, ways, shots, seed")
     try:

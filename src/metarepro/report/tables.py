@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+import yaml
+
 from ..utils import MetareproError, write_text_atomic
 
 # Our method name -> the label the papers (and config/paper_results.csv's `method` column) use.
@@ -659,13 +661,25 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
     return "\n".join(parts) + "\n"
 
 
-def render_csv(rows: list[dict]) -> str:
+def render_csv(rows: list[dict], columns: Sequence[str] = CSV_COLUMNS) -> str:
+    """The rows as CSV with `columns` (numbers rounded as in _num, other keys ignored)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: _num(r.get(k)) for k in CSV_COLUMNS})
+        w.writerow({k: _num(r.get(k)) for k in columns})
     return buf.getvalue()
+
+
+def read_run_config(path: str | os.PathLike) -> Any:
+    """A run's config.yaml, parsed; unreadable or invalid YAML raises MetareproError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise MetareproError(f"cannot read run config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
 
 
 def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
