@@ -88,7 +88,7 @@ def cmd_metatrain(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device)
+    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device, shots=args.shots)
     return 0
 
 
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    e.add_argument("--shots", type=int, default=None,
+                   help="test on the fixed SHOTS-shot episodes instead of the training shots -> eval_{SHOTS}shot.json")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="render tables / figures / the reports index (see `report -h`)",

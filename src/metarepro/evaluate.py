@@ -27,8 +27,15 @@ N_FITS = 3          # sinusoid tasks drawn for the Finn et al. Fig. 2-style plot
 FIT_STEPS = (0, 1, 10)
 
 
-def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto") -> Path:
+def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto",
+             shots: int | None = None) -> Path:
+    """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json. With `shots` other than the
+    run's training shots, on the fixed `shots`-shot episodes instead -> run_dir/eval_{shots}shot.json (e.g. Li et
+    al.'s 5-shot-trained sinusoid models tested with 10 and 20 points); those are the episodes a `shots`-shot
+    run is tested on, so the two compare pair-wise."""
     run_dir = Path(run_dir)
+    if shots is not None and shots < 1:
+        raise MetareproError(f"--shots must be >= 1, got {shots}")
     model_path = run_dir / "model.pt"
     if not model_path.exists():
         raise MetareproError(f"{model_path} not found: run `python -m metarepro metatrain` for this run first")
@@ -36,8 +43,9 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     device = resolve_device(device)
     learner, run, state = load_learner(model_path, device)
     ev = run.evaluation
-    seed = datasets.eval_seed(ev["seed"], run.dataset, TEST_SPLIT, run.ways, run.shots)
-    eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, run.shots,
+    k = run.shots if shots is None else int(shots)
+    seed = datasets.eval_seed(ev["seed"], run.dataset, TEST_SPLIT, run.ways, k)
+    eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, k,
                             ev["queries"], seed)
     steps = learner.eval_inner_steps
     # The score after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first
@@ -46,7 +54,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     t0 = time.perf_counter()
     by_step = np.full((n_curve, steps + 1), np.nan)
     final = np.zeros(ev["episodes"])
-    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{run.shots}s",
+    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{k}s",
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
@@ -63,6 +71,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         "run": run.to_dict(),
         "metric": "accuracy" if learner.task_type == "classification" else "mse",
         "split": TEST_SPLIT,
+        "test_shots": k,            # = run.shots unless evaluated at other shots (eval_{k}shot.json)
         "episodes": int(ev["episodes"]),
         "queries": int(ev["queries"]),
         "episode_set": eps.fingerprint(ev["episodes"]),
@@ -88,10 +97,10 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     result.update(summarize_diagnostics(diagnostics))
     if run.dataset == "sinusoid":
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
-    out = run_dir / "eval.json"
+    out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
     write_json_atomic(out, result)
-    log.info("%s: %s %.4f +- %.4f over %d episodes (%d inner steps)", run_dir, result["metric"], mean, ci,
-             ev["episodes"], steps)
+    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes (%d inner steps)", run_dir, result["metric"], mean, ci,
+             ev["episodes"], k, steps)
     return out
 
 

@@ -84,3 +84,22 @@ def test_nan_validation_scores_never_win_checkpoint_selection():
     assert not improves(nan, 0.5, higher=False) and improves(0.5, nan, higher=False)
     assert improves(0.4, 0.5, higher=False) and not improves(0.6, 0.5, higher=False)
     assert improves(90.0, 80.0, higher=True) and not improves(nan, nan, higher=True)
+
+
+def test_evaluating_at_other_shots_writes_its_own_file_on_those_shots_episodes(tmp_path):
+    from metarepro.evaluate import evaluate
+    run_dir = _trained(tmp_path / "run")
+    base = json.loads(evaluate(run_dir, progress=False).read_text())
+    out = evaluate(run_dir, progress=False, shots=20)
+    assert out.name == "eval_20shot.json" and (run_dir / "eval.json").exists()
+    ev = json.loads(out.read_text())
+    assert base["test_shots"] == 10 and ev["test_shots"] == 20 and ev["run"]["shots"] == 10
+    assert ev["episode_set"] != base["episode_set"] and len(ev["per_episode"]) == 30
+    # the same episodes a 20-shot run is tested on
+    d = json.loads(json.dumps(ev["run"]))
+    from metarepro import data as datasets
+    eps = datasets.episodes("sinusoid", d["dataset_args"], d["data_dir"], "test", 1, 20, 10,
+                            datasets.eval_seed(0, "sinusoid", "test", 1, 20))
+    assert eps.fingerprint(30) == ev["episode_set"] and eps.episode(0).x_support.shape == (20, 1)
+    with pytest.raises(Exception, match="shots"):
+        evaluate(run_dir, progress=False, shots=0)

@@ -161,9 +161,20 @@ def test_several_seeds_use_ci_across_seeds(tmp_path, paper):
 def test_sinusoid_compares_paper_with_one_inner_step(tmp_path, paper):
     steps = {str(k): {"mean": 3.0 / (k + 1), "ci95": 0.1} for k in range(11)}
     steps["1"] = {"mean": 0.9, "ci95": 0.1}
-    e = write_eval(tmp_path, "sinusoid", "maml", 1, 10, 0, alternating(0.3, 0.5), metric="mse", by_step=steps)
+    # trained at 10 shots: the paper's 5-shot-trained model tested at 10 is another protocol, not matched
+    e10 = write_eval(tmp_path / "t10", "sinusoid", "maml", 1, 10, 0, alternating(0.3, 0.5), metric="mse",
+                     by_step=steps)
+    _, csv10 = tables.make_table([e10], tmp_path / "sin10.md", "sinusoid", paper)
+    assert read_csv(csv10)[0]["paper_method"] == ""
+    # trained at 5 shots and tested at 10 (evaluate --shots 10): its own row, which the paper row matches
+    e = write_eval(tmp_path, "sinusoid", "maml", 1, 5, 0, alternating(0.3, 0.5), metric="mse", by_step=steps)
+    ev = json.loads(e.read_text())
+    ev["test_shots"] = 10
+    e = e.with_name("eval_10shot.json")
+    e.write_text(json.dumps(ev))
     md_path, csv_path = tables.make_table([e], tmp_path / "sin.md", "sinusoid", paper)
     (row,) = read_csv(csv_path)
+    assert row["method"] == "maml~train5" and row["method_label"] == "MAML (5-shot meta-training)"
     assert row["setting"] == "10-shot" and row["ways"] == "" and row["backbone"] == "mlp-40-40"
     assert row["paper_method"] == "MAML (5-shot meta-training)" and row["compared_at"] == "1 inner step"
     assert float(row["diff"]) == pytest.approx(0.9 - 0.85) and row["paper_in_ci"] == "yes"

@@ -57,6 +57,16 @@ def run_files(runs_, *names):
     return [f"{r.run_dir}/{n}" for r in runs_ for n in names]
 
 
+def run_evals(runs_):
+    """Each run's eval.json, plus eval_{k}shot.json for its experiment's `test_shots` other than its own shots."""
+    out = []
+    for r in runs_:
+        out.append(f"{r.run_dir}/eval.json")
+        extra = config["experiments"][r.experiment].get("test_shots") or []
+        out += [f"{r.run_dir}/eval_{k}shot.json" for k in extra if k != r.shots]
+    return out
+
+
 def run_config(wildcards):
     """The resolved RunConfig (JSON) of one run: a param, so editing a method's hparams re-runs its jobs."""
     w = wildcards

@@ -15,7 +15,7 @@ localrules:
 
 rule table:
     input:
-        evals=lambda w: run_files(report_runs(w.name), "eval.json"),
+        evals=lambda w: run_evals(report_runs(w.name)),
         paper="config/paper_results.csv",
     output:
         md=f"{REPORTS}/tables/{{name}}.md",

@@ -62,6 +62,7 @@ DATASET_ORDER = ["sinusoid", "omniglot", "cifarfs", "fc100", "miniimagenet", "ti
 DATASET_LABELS = {"sinusoid": "Sinusoid", "omniglot": "Omniglot", "cifarfs": "CIFAR-FS", "fc100": "FC100",
                   "miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cub": "CUB"}
 REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
+TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
 Z95 = 1.96                  # the few-shot protocol's 95% CI: 1.96 * std / sqrt(n) over test episodes
 DASH = "—"
 PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
@@ -249,6 +250,11 @@ def load_eval(path: str | os.PathLike) -> dict:
         raise MetareproError(f"evaluation file {path} is malformed: " + "; ".join(problems))
     ev = dict(ev)
     ev["_path"] = str(path)
+    ts = ev.get("test_shots")
+    if _is_number(ts) and int(ts) != int(ev["run"]["shots"]):
+        # tested at other shots than trained: a row of its own at the tested shots, labelled by its training shots
+        run = ev["run"]
+        ev["run"] = {**run, "shots": int(ts), "method": f"{run['method']}{TRAIN_SHOTS_TAG}{int(run['shots'])}"}
     return ev
 
 
@@ -296,7 +302,11 @@ def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
 
 def method_label(method: str) -> str:
     """`maml` -> "MAML"; `mamlpp+cml` -> "MAML++ + CML"; `pamela@q_shared` -> its VARIANT_LABELS entry,
-    `pamela@other` -> "PAMELA (other)"; unknown names are kept as they are."""
+    `pamela@other` -> "PAMELA (other)"; `maml~train5` -> "MAML (5-shot meta-training)" (the Meta-SGD paper's
+    label for a model tested at other shots than trained); unknown names are kept as they are."""
+    if TRAIN_SHOTS_TAG in method:
+        method, _, k = method.partition(TRAIN_SHOTS_TAG)
+        return f"{method_label(method)} ({k}-shot meta-training)"
     base, *mods = method.split("+")
     if base in VARIANT_LABELS:
         label = VARIANT_LABELS[base]
@@ -321,7 +331,7 @@ def setting_label(dataset: str, ways: int | None, shots: int) -> str:
 
 
 def _sort_key_method(method: str) -> tuple:
-    base = method.split("+")[0].split("@")[0]   # variants sort beside their method
+    base = method.split(TRAIN_SHOTS_TAG)[0].split("+")[0].split("@")[0]   # variants sort beside their method
     order = list(METHOD_LABELS)
     return (order.index(base) if base in order else len(order), method)
 
@@ -442,7 +452,11 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
             continue
         if g.dataset != "sinusoid" and p.ways != g.ways:
             continue
-        if any(p.method == lab or p.method.startswith(lab + " (") for lab in labels):
+        if p.method.endswith("-shot meta-training)"):
+            # a published model trained at other shots than tested: only our run trained the same way matches
+            if p.method in labels:
+                out.append(p)
+        elif any(p.method == lab or p.method.startswith(lab + " (") for lab in labels):
             out.append(p)
     return out
 
