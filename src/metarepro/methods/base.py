@@ -205,12 +205,12 @@ class MetaLearner(nn.Module):
             loss, s = self.meta_loss(Task.stack(tasks))     # loss and s["loss"]: sums over the tasks
             (loss / len(tasks)).backward()
             stats = {k: v / len(tasks) if k == "loss" else v for k, v in s.items()}
-            tasks = []
-        for task in tasks:
-            loss, s = self.meta_loss(task)
-            (loss / len(tasks)).backward()
-            for k, v in s.items():
-                stats[k] = stats.get(k, 0.0) + v / len(tasks)
+        else:
+            for task in tasks:
+                loss, s = self.meta_loss(task)
+                (loss / len(tasks)).backward()
+                for k, v in s.items():
+                    stats[k] = stats.get(k, 0.0) + v / len(tasks)
         if not self.finite_grads():
             # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
             # NaN into every meta-parameter; the training loop counts and logs skipped steps
