@@ -269,13 +269,8 @@ class MetaLearner(nn.Module):
         (e.g. 75 query images against 5 support images), so validation and most test episodes score once."""
         steps = self.eval_inner_steps if steps is None else steps
         scores = []
-        learner = None
         for learner in self.adapt_trajectory(task, steps, create_graph=False):
             if every_step or learner.step == steps:
                 with torch.no_grad():
                     scores.append(self.metric(learner(task.x_query), task.y_query))
-        if not scores:   # a trajectory that ends early (never, for the methods here) still gets scored
-            assert learner is not None
-            with torch.no_grad():
-                scores.append(self.metric(learner(task.x_query), task.y_query))
         return scores
