@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from metarepro.methods import build
-from metarepro.methods.base import Task
 from test_protonet import LinearEmbed, _task
 
 

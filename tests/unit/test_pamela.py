@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from metarepro.methods.base import Task
 from metarepro.methods.maml import MAML

@@ -57,9 +57,11 @@ class MetaLSTMCell(nn.Module):
 
     def forward(self, h: Tensor, grad: Tensor, c_prev: Tensor, f_prev: Tensor,
                 i_prev: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # h: (n, hidden); grad, c_prev, f_prev, i_prev: (n,) -> c, f, i pre-activations: (n,)
-        f = h @ self.w_f[:-2] + c_prev * self.w_f[-2] + f_prev * self.w_f[-1] + self.b_f
-        i = h @ self.w_i[:-2] + c_prev * self.w_i[-2] + i_prev * self.w_i[-1] + self.b_i
+        # h: (hidden, n) (coordinates last, see MetaLSTM.lstm_step); grad, c_prev, f_prev, i_prev: (n,)
+        # -> c, f, i pre-activations: (n,)
+        f, i = torch.stack([self.w_f[:-2], self.w_i[:-2]]) @ h    # (2, hidden) @ (hidden, n) -> (n,), (n,)
+        f = f + c_prev * self.w_f[-2] + f_prev * self.w_f[-1] + self.b_f
+        i = i + c_prev * self.w_i[-2] + i_prev * self.w_i[-1] + self.b_i
         c = torch.sigmoid(f) * c_prev - torch.sigmoid(i) * grad
         return c, f, i
 
@@ -101,14 +103,31 @@ class MetaLSTM(MetaLearner):
     # ---- one LSTM-written update ----------------------------------------------------------
     def lstm_step(self, c: Tensor, grad: Tensor, loss: Tensor,
                   state: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, tuple, Tensor, Tensor]:
-        """c_{t-1}, g_t (n,), L_t () and state (h, s, f, i) -> c_t, new state, sig(f_t), sig(i_t)."""
+        """c_{t-1}, g_t (n,), L_t () and state (h, s, f, i) -> c_t, new state, sig(f_t), sig(i_t).
+
+        The first layer is nn.LSTMCell(4, hidden)'s computation (its weights, gate order i, f, g, o) written out
+        with the coordinates LAST: h, s are (hidden, n) and the gate pre-activations (4 hidden, n), so each gate
+        is a contiguous block of rows and the input and recurrent products are one GEMM. nn.LSTMCell's
+        (n, 4 hidden) layout makes every gate a strided column slice; on Conv-4-64's 113k coordinates that
+        costs ~1.7x the time per adaptation (benchmarks/metalstm_step.py). The loss inputs are the same for
+        every coordinate, so their part of the product folds into the bias."""
         h, s, f_prev, i_prev = state
-        n = c.numel()
-        x = torch.cat([preprocess(loss.reshape(1), self.preprocess_p).expand(n, 2),
-                       preprocess(grad, self.preprocess_p)], dim=1)   # (n, 4)
-        h, s = self.lstm(x, (h, s))
+        lstm, hid = self.lstm, self.lstm.hidden_size
+        pre_loss = preprocess(loss.reshape(()), self.preprocess_p)                     # (2,)
+        pre_grad = preprocess(grad, self.preprocess_p).T                               # (2, n)
+        bias = lstm.bias_ih + lstm.bias_hh + lstm.weight_ih[:, :2] @ pre_loss          # (4 hidden,)
+        weight = torch.cat([lstm.weight_ih[:, 2:], lstm.weight_hh], dim=1)              # (4 hidden, 2 + hidden)
+        z = torch.addmm(bias.unsqueeze(1), weight, torch.cat([pre_grad, h]))           # (4 hidden, n), one pass
+        i_f = torch.sigmoid(z[:2 * hid])                                               # input, forget gates
+        s = i_f[hid:] * s + i_f[:hid] * torch.tanh(z[2 * hid:3 * hid])
+        h = torch.sigmoid(z[3 * hid:]) * torch.tanh(s)
         c, f, i = self.cell(h, grad, c, f_prev, i_prev)
         return c, (h, s, f, i), torch.sigmoid(f), torch.sigmoid(i)
+
+    def initial_state(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(h_0, s_0, f_0, i_0) = 0 for the flat parameters c (n,): h, s (hidden, n); f, i (n,)."""
+        n, zeros = c.numel(), c.detach().new_zeros
+        return zeros(self.lstm.hidden_size, n), zeros(self.lstm.hidden_size, n), zeros(n), zeros(n)
 
     def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[Learner]:
         """The LSTM writes every update. `create_graph`: keep the graph from theta_t back to the
@@ -117,9 +136,7 @@ class MetaLSTM(MetaLearner):
         ctx = contextlib.nullcontext() if track else torch.no_grad()
         with ctx:
             c = self.flat_init()
-        n, hid = c.numel(), self.lstm.hidden_size
-        zeros = c.detach().new_zeros
-        state = (zeros(n, hid), zeros(n, hid), zeros(n), zeros(n))
+        state = self.initial_state(c)
         if self._trace is not None:   # record_diagnostics / gate_trace keep the last trajectory only
             for series in self._trace.values():
                 series.clear()

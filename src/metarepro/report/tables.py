@@ -655,13 +655,13 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                  "shots, metric and method label (including the paper's parenthesised variants, e.g. "
                  "\"MAML (ResNet-12)\"); several matches give one line each; the paper's backbone may differ "
                  "from ours. A published ± may be a std or come without a CI (see each source).")
-    notes.append(f"- **Paired comparison vs MAML.** For methods evaluated on the same episode set as MAML in "
-                 f"the same setting: mean per-episode difference (method − MAML; for MSE negative is better) "
-                 f"± 1.96 · sd / √n, over the seeds both have (seeds sharing an episode set are averaged per "
-                 f"episode first). p-values are two-sided: a paired t-test with the exact Student-t "
-                 f"distribution (regularized incomplete beta function) and a Wilcoxon signed-rank test "
-                 f"(zeros dropped, tie-corrected normal approximation). For the sinusoid this uses the "
-                 f"final-step MSEs.")
+    notes.append("- **Paired comparison vs MAML.** For methods evaluated on the same episode set as MAML in "
+                 "the same setting: mean per-episode difference (method − MAML; for MSE negative is better) "
+                 "± 1.96 · sd / √n, over the seeds both have (seeds sharing an episode set are averaged per "
+                 "episode first). p-values are two-sided: a paired t-test with the exact Student-t "
+                 "distribution (regularized incomplete beta function) and a Wilcoxon signed-rank test "
+                 "(zeros dropped, tie-corrected normal approximation). For the sinusoid this uses the "
+                 "final-step MSEs.")
     notes.append(f"- **Sources.** Published numbers come from `{paper_path}` (a copy of "
                  f"`../shared/reference/paper_results.csv`):")
     parts += notes
