@@ -5,7 +5,7 @@ flattened parameter vector. Every coordinate (parameter entry) is one row of a b
 weights. At inner step t (theta_{t-1} = c_{t-1}, grad g_t and loss L_t of the support set at theta_{t-1}):
 
     x_t        = [pre(L_t), pre(g_t)]                          (n, 4)  preprocessing of Andrychowicz et al. 2016
-    h_t, s_t   = LSTMCell(x_t, (h_{t-1}, s_{t-1}))              (n, hidden)   first layer, standard LSTM
+    h_t, s_t   = LSTMCell(x_t, (h_{t-1}, s_{t-1}))              (n, hidden)   first layer, standard LSTM (stored (hidden, n))
     f_t        = W_F . [h_t, c_{t-1}, f_{t-1}] + b_F            (n,)  learned shrinkage (forget gate)
     i_t        = W_I . [h_t, c_{t-1}, i_{t-1}] + b_I            (n,)  learned learning rate (input gate)
     c_t        = sigmoid(f_t) * c_{t-1} - sigmoid(i_t) * g_t    (n,)  = theta_t
@@ -109,7 +109,7 @@ class MetaLSTM(MetaLearner):
         with the coordinates LAST: h, s are (hidden, n) and the gate pre-activations (4 hidden, n), so each gate
         is a contiguous block of rows and the input and recurrent products are one GEMM. nn.LSTMCell's
         (n, 4 hidden) layout makes every gate a strided column slice; on Conv-4-64's 113k coordinates that
-        costs ~1.7x the time per adaptation (benchmarks/metalstm_step.py). The loss inputs are the same for
+        costs ~1.6x the time per test episode (benchmarks/metalstm_step.py). The loss inputs are the same for
         every coordinate, so their part of the product folds into the bias."""
         h, s, f_prev, i_prev = state
         lstm, hid = self.lstm, self.lstm.hidden_size
