@@ -195,7 +195,7 @@ def test_repo_paper_csv_is_a_full_copy_and_gives_one_line_per_matching_row(tmp_p
     _, csv_path = tables.make_table([e], tmp_path / "mini.md", "mini", repo_csv)
     got = {(r["paper"], r["paper_value"]) for r in read_csv(csv_path)}
     assert ("Finn et al. 2017 (MAML)", "63.11") in got and ("Rajasegaran et al. 2020 (PAMELA)", "63.11") in got
-    assert ("Sun et al. 2019 (MTL)", "73.1") in got                     # "MAML (ResNet-12)" variant
+    assert ("Abbas et al. 2022 (Sharp-MAML) as quoted", "62.2") in got   # the "MAML (re-run)" variant label
     assert all(p != "PAMELA" for p, _ in got)
 
 
