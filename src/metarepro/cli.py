@@ -88,7 +88,11 @@ def cmd_metatrain(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device, shots=args.shots)
+    options = _json_arg(args.target_options, "--target-options") if args.target_options else None
+    if args.target is None and (args.target_data or options):
+        raise MetareproError("--target-data and --target-options belong to a cross-domain evaluation: give --target")
+    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device, shots=args.shots,
+             target=args.target, target_dir=args.target_data, target_options=options)
     return 0
 
 
@@ -142,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
     e.add_argument("--shots", type=int, default=None,
                    help="test on the fixed SHOTS-shot episodes instead of the training shots -> eval_{SHOTS}shot.json")
+    e.add_argument("--target", default=None,
+                   help="cross-domain: test on this dataset's test classes instead -> eval_xdomain_{TARGET}.json")
+    e.add_argument("--target-data", default=None, help="the target's prepared data folder, e.g. data/cifarfs")
+    e.add_argument("--target-options", default=None, help="JSON of the target dataset's config block")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="render tables / figures / the reports index (see `report -h`)",

@@ -10,7 +10,7 @@ import difflib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,9 +40,62 @@ PRETRAINED_METHODS: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
 VARIANT_SEP = "@"
 
 
+# Add-ons compose with any base method and are named after it: `<method>[@<tag>][+<addon>...]`, e.g. `maml+cml`,
+# `mamlpp+cml+oamfs`, `pamela@q_shared+ht`. The same string names the run's results folder
+# (results/{dataset}/maml+cml/...) and its report label ("MAML + CML"); the add-ons' hyperparameters sit in the
+# method's block under `addons: {cml: {...}}`. A torch-free copy of the add-on registries (metarepro.addons;
+# tests/unit/test_addons.py checks they agree): name -> kind. A run has at most one sampler and one aggregator.
+ADDON_SEP = "+"
+ADDON_KINDS: dict[str, str] = {"ht": "sampler", "oamfs": "aggregator", "cml": "term"}
+# Methods with nothing to meta-train (the pretrained baselines): no outer loss, so no add-on applies to them.
+# tests/unit/test_config.py checks it equals the classes' `meta_trainable = False`.
+NOT_META_TRAINED: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+_METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
+
+
+def split_method(name: str) -> tuple[str, str, tuple[str, ...]]:
+    """'pamela@q_shared+cml+ht' -> ('pamela', 'q_shared', ('cml', 'ht')); 'maml' -> ('maml', '', ())."""
+    m = _METHOD_NAME.match(name)
+    if m is None:
+        raise ConfigError(f"method name {name!r} is not <method>[@<tag>][+<addon>...] (a-z, 0-9, _)")
+    return m["base"], m["tag"] or "", tuple(a for a in m["addons"].split(ADDON_SEP) if a)
+
+
 def base_method(name: str) -> str:
-    """The registered method behind a method name: 'pamela@q_shared' -> 'pamela'; 'maml' -> 'maml'."""
-    return name.split(VARIANT_SEP, 1)[0]
+    """The registered method behind a method name: 'pamela@q_shared' -> 'pamela'; 'maml+cml' -> 'maml'."""
+    return split_method(name)[0]
+
+
+def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]:
+    """What is wrong with the add-ons of method `method` (config block `hp`) at `where`: unknown names, two
+    samplers or aggregators, hyperparameters of an add-on the name does not list, and combinations that cannot
+    work (each error names both the method and the add-on)."""
+    base, _, addons = split_method(method)
+    problems = []
+    for a in addons:
+        if a not in ADDON_KINDS:
+            hint = difflib.get_close_matches(a, list(ADDON_KINDS), n=1)
+            problems.append(f"'{where}': unknown add-on {a!r} in method name {method!r}"
+                            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                            + f"; allowed add-ons: {', '.join(sorted(ADDON_KINDS))}")
+    if len(set(addons)) != len(addons):
+        problems.append(f"'{where}': method name {method!r} lists an add-on twice")
+    for k in ("sampler", "aggregator"):
+        same = [a for a in addons if ADDON_KINDS.get(a) == k]
+        if len(same) > 1:
+            problems.append(f"'{where}': method {method!r} has {len(same)} {k}s ({', '.join(same)}); at most one")
+    for a in (hp or {}).get("addons") or {}:
+        if a not in addons:
+            problems.append(f"'{where}.addons.{a}': add-on {a!r} is not in the method name {method!r}; "
+                            f"name the run {method}{ADDON_SEP}{a} to use it")
+    for a in addons:
+        if a in ADDON_KINDS and base in NOT_META_TRAINED:
+            problems.append(f"'{where}': add-on {a!r} ({ADDON_KINDS[a]}) cannot work with method {base!r}: "
+                            f"{base} has nothing to meta-train, so no outer loss or meta-batch to act on")
+        if ADDON_KINDS.get(a) == "sampler" and dataset == "sinusoid":
+            problems.append(f"'{where}': add-on {a!r} (hard-task sampler) cannot work with method {method!r} on "
+                            "dataset 'sinusoid': regression tasks have no classes to re-sample")
+    return problems
 
 
 def load_schema() -> dict:
@@ -144,11 +197,18 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     if errors:
         lines = list(dict.fromkeys(_explain(e, root) for e in errors))
         raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(lines))
-    # method blocks may be written as `maml:` (null) -> all defaults
+    # method blocks may be written as `maml:` (null) -> all defaults; an add-on named in the method's name
+    # (`maml+cml`) without a block of its own gets one (`addons: {cml: {}}`), filled with its defaults below
     for exp in cfg["experiments"].values():
         for m, hp in list(exp["methods"].items()):
             if hp is None:
-                exp["methods"][m] = {}
+                exp["methods"][m] = hp = {}
+            names = [a for a in split_method(m)[2] if a in ADDON_KINDS]
+            if names:
+                blocks = hp.setdefault("addons", {})
+                for a in names:
+                    if blocks.get(a) is None:
+                        blocks[a] = {}
     # a second pass fills the defaults of method blocks that were written as `maml:` (null)
     list(_DefaultFillingValidator(root).iter_errors(cfg))
     _check_cross_references(cfg, source)
@@ -174,6 +234,8 @@ def _check_cross_references(cfg: dict, source: str) -> None:
         for shot in exp["train_overrides"]:
             if int(shot) not in exp["shots"]:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
+        for m, hp in exp["methods"].items():
+            problems += addon_problems(f"experiments.{name}.methods.{m}", m, hp, exp["dataset"])
         for m in exp["methods"]:
             for k in exp["shots"]:
                 key = (exp["dataset"], m, exp["ways"], k)
@@ -181,11 +243,16 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                     problems.append(f"experiments '{seen[key]}' and '{name}' both write results for dataset "
                                     f"{key[0]}, method {m}, {key[2]}-way {k}-shot: rename or remove one")
                 seen[key] = name
+        problems += _cross_domain_problems(name, exp)
     for rname, rep in cfg.get("reports", {}).items():
         for e in rep["experiments"]:
             if e not in cfg["experiments"]:
                 problems.append(f"'reports.{rname}.experiments' names unknown experiment {e!r}; "
                                 f"allowed: {', '.join(cfg['experiments'])}")
+        if rep.get("cross_domain") and not any(cfg["experiments"][e].get("cross_domain")
+                                               for e in rep["experiments"] if e in cfg["experiments"]):
+            problems.append(f"'reports.{rname}.cross_domain' is true but none of its experiments has `cross_domain` "
+                            "targets")
         configured = {m for e in rep["experiments"] if e in cfg["experiments"] for m in cfg["experiments"][e]["methods"]}
         for m in rep.get("methods") or []:
             if m not in configured:
@@ -193,6 +260,33 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                                 f"allowed: {', '.join(sorted(configured))}")
     if problems:
         raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))
+
+
+def _cross_domain_problems(name: str, exp: dict) -> list[str]:
+    """Cross-domain targets that cannot work: the source itself, regression, shots or methods the experiment does
+    not run, and target test classes that are source training classes (by name, from the shipped split files;
+    evaluation checks the prepared data's names again)."""
+    from .classes import overlap, overlap_error, split_class_names
+
+    problems = []
+    for i, target in enumerate(exp.get("cross_domain") or []):
+        where, dst = f"experiments.{name}.cross_domain.{i}", target["dataset"]
+        if exp["dataset"] == "sinusoid":
+            problems.append(f"'{where}': sinusoid regression runs cannot be tested on an image dataset")
+            continue
+        if dst == exp["dataset"]:
+            problems.append(f"'{where}.dataset' = {dst!r} is the experiment's own dataset (its eval.json)")
+        for k in target.get("shots") or []:
+            if k not in exp["shots"]:
+                problems.append(f"'{where}.shots': {k} is not one of the experiment's shots {exp['shots']}")
+        for m in target.get("methods") or []:
+            if m not in exp["methods"]:
+                problems.append(f"'{where}.methods': {m!r} is not one of the experiment's methods "
+                                f"({', '.join(exp['methods'])})")
+        src_train, dst_test = split_class_names(exp["dataset"], "train"), split_class_names(dst, "test")
+        if src_train is not None and dst_test is not None and overlap(src_train, dst_test):
+            problems.append(f"'{where}': " + overlap_error(exp["dataset"], dst, overlap(src_train, dst_test)))
+    return problems
 
 
 def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
@@ -256,13 +350,15 @@ class RunConfig(SavedConfig):
     profile: str = "default"
     run_dir: str = ""
     pretrained: str = ""    # backbone.pt of the pretrain stage, for methods in PRETRAINED_METHODS; else ""
+    addons: dict = field(default_factory=dict)   # hyperparameters of the add-ons in `method` ({name: {...}})
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        # Left out when empty, so runs that use no pretrained backbone keep the exact config (and Snakemake
-        # params) they had before this field existed: adding it must not re-run every finished job.
-        if not d["pretrained"]:
-            del d["pretrained"]
+        # Left out when empty, so runs that use none of these keep the exact config (and Snakemake params) they
+        # had before the fields existed: adding them must not re-run every finished job.
+        for k in ("pretrained", "addons"):
+            if not d[k]:
+                del d[k]
         return d
 
 
@@ -308,10 +404,10 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
                   if base_method(method) in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
-        dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
-        data_dir=f"{cfg['data']['dir']}/{dataset}",
+        dataset_args=dataset_args(cfg, dataset), data_dir=f"{cfg['data']['dir']}/{dataset}",
         backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
-        method=method, method_args=dict(exp["methods"][method]),
+        method=method, method_args={k: v for k, v in exp["methods"][method].items() if k != "addons"},
+        addons=copy.deepcopy(exp["methods"][method].get("addons") or {}),
         ways=exp["ways"], shots=shots, seed=seed, train=train,
         evaluation={**cfg["evaluation"], **(exp.get("evaluation") or {})}, profile=cfg["profile"],
         run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed), pretrained=pretrained,
@@ -375,6 +471,11 @@ def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> Pretrain
         val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)
 
 
+def dataset_args(cfg: dict, dataset: str) -> dict:
+    """A dataset's resolved options block (the config's, else the schema defaults)."""
+    return dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset))
+
+
 def _pretrain_defaults(dataset: str) -> dict:
     """Defaults of a dataset's `pretrain:` block when the config does not mention the dataset."""
     cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": {
@@ -423,4 +524,16 @@ def find_experiment(cfg: dict, dataset: str, method: str, ways: int, shots: int)
 
 
 def used_datasets(cfg: dict) -> list[str]:
-    return sorted({exp["dataset"] for exp in cfg["experiments"].values()})
+    """Every dataset the config trains on or tests on (cross-domain targets are downloaded and prepared too)."""
+    return sorted({exp["dataset"] for exp in cfg["experiments"].values()}
+                  | {t["dataset"] for exp in cfg["experiments"].values() for t in exp.get("cross_domain") or []})
+
+
+def iter_cross_domain(cfg: dict, experiments: Iterable[str] | None = None) -> list[tuple[Run, str]]:
+    """Every (run, target dataset) cross-domain evaluation the config asks for, in a stable order."""
+    out = []
+    for run in iter_runs(cfg, experiments):
+        for target in cfg["experiments"][run.experiment].get("cross_domain") or []:
+            if run.shots in (target.get("shots") or [run.shots]) and run.method in (target.get("methods") or [run.method]):
+                out.append((run, target["dataset"]))
+    return out

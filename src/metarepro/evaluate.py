@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import data as datasets
 from .train import load_learner, mean_ci
+from .classes import overlap, overlap_error
 from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
 
 log = logging.getLogger("metarepro.evaluate")
@@ -28,14 +29,23 @@ FIT_STEPS = (0, 1, 10)
 
 
 def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto",
-             shots: int | None = None) -> Path:
+             shots: int | None = None, target: str | None = None, target_dir: str | None = None,
+             target_options: dict | None = None) -> Path:
     """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json. With `shots` other than the
     run's training shots, on the fixed `shots`-shot episodes instead -> run_dir/eval_{shots}shot.json (e.g. Li et
     al.'s 5-shot-trained sinusoid models tested with 10 and 20 points); those are the episodes a `shots`-shot
-    run is tested on, so the two compare pair-wise."""
+    run is tested on, so the two compare pair-wise.
+
+    Cross-domain: with `target` (a dataset prepared in `target_dir`, options `target_options`), on the target's
+    fixed test episodes -> run_dir/eval_xdomain_{target}.json: the same episodes that runs trained on the target
+    are tested on, converted to the run's input shape and channels and normalised with the run's own training
+    statistics (stored in model.pt). Refused, naming the classes, when target test classes are source training
+    classes."""
     run_dir = Path(run_dir)
     if shots is not None and shots < 1:
         raise MetareproError(f"--shots must be >= 1, got {shots}")
+    if target is not None and (shots is not None or not target_dir):
+        raise MetareproError("a cross-domain evaluation (--target) needs --target-data and takes no --shots")
     model_path = run_dir / "model.pt"
     if not model_path.exists():
         raise MetareproError(f"{model_path} not found: run `python -m metarepro metatrain` for this run first")
@@ -44,9 +54,13 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     learner, run, state = load_learner(model_path, device)
     ev = run.evaluation
     k = run.shots if shots is None else int(shots)
-    seed = datasets.eval_seed(ev["seed"], run.dataset, TEST_SPLIT, run.ways, k)
-    eps = datasets.episodes(run.dataset, run.dataset_args, run.data_dir, TEST_SPLIT, run.ways, k,
-                            ev["queries"], seed)
+    dataset, dataset_args, data_dir, model_input, xdomain = run.dataset, run.dataset_args, run.data_dir, None, None
+    if target is not None:
+        xdomain = cross_domain_input(run, state, target, str(target_dir))
+        dataset, dataset_args, data_dir = target, dict(target_options or {}), str(target_dir)
+        model_input = (tuple(xdomain["input_shape"]), xdomain["normalization"])
+    seed = datasets.eval_seed(ev["seed"], dataset, TEST_SPLIT, run.ways, k)
+    eps = datasets.episodes(dataset, dataset_args, data_dir, TEST_SPLIT, run.ways, k, ev["queries"], seed, model_input)
     steps = learner.eval_inner_steps
     # The score after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first
     # `curve_episodes` episodes; the headline score after the last step on all of them.
@@ -54,7 +68,8 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     t0 = time.perf_counter()
     by_step = np.full((n_curve, steps + 1), np.nan)
     final = np.zeros(ev["episodes"])
-    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset} {run.ways}w{k}s",
+    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset}"
+               + (f"->{target}" if target else "") + f" {run.ways}w{k}s",
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
@@ -97,11 +112,34 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     result.update(summarize_diagnostics(diagnostics))
     if run.dataset == "sinusoid":
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
-    out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
+    if xdomain is not None:
+        result["cross_domain"] = xdomain
+        out = run_dir / f"eval_xdomain_{target}.json"
+    else:
+        out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
     write_json_atomic(out, result)
-    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes (%d inner steps)", run_dir, result["metric"], mean, ci,
-             ev["episodes"], k, steps)
+    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
+             ci, ev["episodes"], k, dataset, steps)
     return out
+
+
+def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> dict[str, Any]:
+    """How the target's test images reach the run's model: its input shape and normalisation (from model.pt,
+    else recomputed from the source's prepared data), after checking that the pair is allowed. Everything is
+    checked before any episode is scored."""
+    if datasets.get(target).generated or datasets.get(run.dataset).generated:
+        raise MetareproError(f"cross-domain evaluation needs image datasets; got {run.dataset} -> {target}")
+    if target == run.dataset:
+        raise MetareproError(f"cross-domain target {target!r} is the run's own dataset: that is eval.json")
+    shared = overlap(datasets.class_names(run.data_dir, "train"), datasets.class_names(target_dir, TEST_SPLIT))
+    if shared:
+        raise MetareproError(overlap_error(run.dataset, target, shared))
+    shape = state.get("input_shape") or list(datasets.input_shape(run.dataset, run.data_dir))
+    norm = state["normalization"] if "normalization" in state else datasets.normalization(run.dataset, run.data_dir)
+    return {"source": run.dataset, "target": target, "input_shape": list(shape),
+            "target_image_shape": list(datasets.input_shape(target, target_dir)),
+            "normalization": norm, "normalization_from": f"{run.dataset} train split (the run's own)",
+            "conversion": "channels 1->3 repeat / 3->1 BT.601 luma; antialiased bilinear resize to input_shape"}
 
 
 def summarize_diagnostics(per_episode: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

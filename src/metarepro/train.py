@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from . import methods, models
+from . import addons, methods, models
 from .config import RunConfig
 from .methods.base import MetaLearner
 from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads,
@@ -135,16 +135,23 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         load_backbone(learner.model, run.pretrained, run.backbone, run.backbone_args)
     learner.train()
     trainable = [p for p in learner.parameters() if p.requires_grad]
+    # add-ons named after the method (`maml+cml+ht`): the sampler, the aggregator, outer-loss terms (own parameters)
+    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir),
+                          1 if learner.task_type == "regression" else run.ways)
+    extras.terms.to(device)
     # Baselines have nothing to meta-train: 0 iterations, no optimizer (Adam rejects an empty parameter list);
     # model.pt, train_log.csv and config.yaml are still written, with one validation of the initial weights.
     total = tr["iterations"] if learner.meta_trainable and trainable else 0
     if total == 0 and tr["iterations"] > 0:
         log.info("%s has no meta-parameters to train: skipping the %d configured iterations", run.method,
                  tr["iterations"])
-    optimizer = torch.optim.Adam(trainable, lr=tr["meta_lr"]) if total else None
+    # one Adam, one param group per outer-loss term at its own lr (Adam is per-parameter: the same as an Adam each)
+    groups = [{"params": trainable}] + [{"params": list(t.parameters()), "lr": t.lr} for t in extras.terms]
+    optimizer = torch.optim.Adam(groups, lr=tr["meta_lr"]) if total else None
     scheduler = learner.make_scheduler(optimizer, total) if optimizer is not None else None
-    sampler = datasets.TaskSampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
-                                                     run.ways, run.shots, tr["queries"], run.seed))
+    sampler = extras.make_sampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
+                                                    run.ways, run.shots, tr["queries"], run.seed))
+    log_fields = LOG_FIELDS + [f"{t.name}_loss" for t in extras.terms]
     val_eps = _val_episodes(run)
     better = lambda a, b: improves(a, b, higher_is_better(learner))  # noqa: E731
 
@@ -154,6 +161,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     state = load_resume_state(ckpt_path, "run", run.to_dict())
     if state is not None:
         learner.load_state_dict(state["learner"])
+        extras.terms.load_state_dict(state.get("addons", {}))
         assert optimizer is not None   # checkpoints are only written inside the loop, i.e. when total > 0
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -172,8 +180,9 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     for it in bar:
         learner.set_iteration(it)
         tasks = [t.to(device) for t in sampler.sample(it, tr["meta_batch"])]
-        stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"))
-        sampler.feedback(tasks, [stats.get("loss", float("nan"))] * len(tasks))
+        stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"), aggregator=extras.aggregator,
+                                  terms=list(extras.terms))
+        sampler.feedback(tasks, stats.tasks)      # every task's own loss, metric and per-class accuracy
         skipped = int(stats.get("skipped", 0))
         if skipped:
             n_skipped = sum(int(r.get("skipped") or 0) for r in rows) + 1
@@ -182,7 +191,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "(%d skipped so far)", it + 1, n_skipped)
         row = {"iteration": it + 1, "meta_loss": stats["loss"], "meta_metric": stats["metric"], "val_mean": "",
                "val_ci95": "", "val_inner_loss": "", "val_inner_loss_var": "", "lr": optimizer.param_groups[0]["lr"],
-               "skipped": skipped, "elapsed_s": 0.0}
+               "skipped": skipped, "elapsed_s": 0.0, **{f"{t.name}_loss": stats.get(f"{t.name}_loss", "")
+                                                         for t in extras.terms}}
         if scheduler is not None:
             scheduler.step()
         if (it + 1) % tr["val_every"] == 0 or it + 1 == total:
@@ -201,6 +211,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         if (it + 1) % tr["checkpoint_every"] == 0 and it + 1 < total:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"run": run.to_dict(), "iteration": it + 1, "learner": learner.state_dict(),
+                            "addons": extras.terms.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None, "sampler": sampler.state_dict(),
                             "torch_rng": torch.get_rng_state(), "rows": rows, "best": best,
@@ -219,8 +230,16 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     final = {"run": run.to_dict(), "state": best["state"] if best["state"] is not None else last_state,
              "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
              "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
-             "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device}
-    write_outputs(out / "model.pt", final, LOG_FIELDS, rows, run.to_dict(), wall, ckpt_path,
+             "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device,
+             # the input normalisation the model was trained with (cross-domain evaluation applies it to the target)
+             "normalization": datasets.normalization(run.dataset, run.data_dir),
+             "input_shape": list(datasets.input_shape(run.dataset, run.data_dir))}
+    if sampler.state_dict():
+        final["sampler"] = sampler.state_dict()      # e.g. which meta-iterations the hard-task sampler made hard
+    if len(extras.terms):
+        # the outer-loss terms' last weights (e.g. CML's co-learner), for analyses; evaluation never loads them
+        final["addons"] = {k: v.detach().cpu() for k, v in extras.terms.state_dict().items()}
+    write_outputs(out / "model.pt", final, log_fields, rows, run.to_dict(), wall, ckpt_path,
                   best_iteration=best["iteration"], best_val_mean=best["val_mean"],
                   skipped_steps=sum(int(r.get("skipped") or 0) for r in rows))
     log.info("done %s in %.1fs (best val %.4f at iteration %d)", out, wall, best["val_mean"] or float("nan"),

@@ -173,7 +173,8 @@ def test_editing_one_method_changes_only_its_run_configs() -> None:
 
 
 def test_used_datasets() -> None:
-    assert used_datasets(validate_config(_raw())) == ["omniglot", "sinusoid"]
+    # CIFAR-FS only as the tiny profile's cross-domain target: prepared although nothing trains on it
+    assert used_datasets(validate_config(_raw())) == ["cifarfs", "omniglot", "sinusoid"]
 
 
 # --- the schema's names are the registries' keys (adding a method = code + registry + schema) ---
@@ -185,14 +186,15 @@ def test_schema_methods_equal_registry() -> None:
 
 
 def test_schema_method_variants_cover_every_registered_method() -> None:
-    """Each method may run as variants `<method>@<tag>`, validated against the method's own block."""
+    """Each method may run as variants `<method>@<tag>` and with add-ons `<method>+<addon>`, validated against the
+    method's own block."""
     from metarepro.methods import METHODS
 
     methods = load_schema()["$defs"]["experiment"]["properties"]["methods"]
     patterns = methods["patternProperties"]
-    assert {p.split("@")[0].lstrip("^") for p in patterns} == set(METHODS)
+    assert {p.split("(")[0].lstrip("^") for p in patterns} == set(METHODS)
     for pattern, sub in patterns.items():
-        assert sub == methods["properties"][pattern.split("@")[0].lstrip("^")], pattern
+        assert sub == methods["properties"][pattern.split("(")[0].lstrip("^")], pattern
 
 
 def _with_variants() -> dict:

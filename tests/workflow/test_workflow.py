@@ -158,11 +158,11 @@ def test_lint_is_clean() -> None:
 
 def test_mirror_comes_from_config_or_env() -> None:
     jobs = planned_jobs(ok(snakemake("-n", "-p", "--forceall", "--configfile", TINY)))
-    (download,) = [j for j in jobs if j["rule"] == "download"]
-    assert "--mirror ../shared/datasets " in download["shell"]
+    downloads = [j for j in jobs if j["rule"] == "download"]
+    assert len(downloads) == 2          # omniglot, and cifarfs as a cross-domain target
+    assert all("--mirror ../shared/datasets " in d["shell"] for d in downloads)
     jobs = planned_jobs(ok(snakemake("-n", "-p", "--forceall", "--configfile", TINY, METAREPRO_MIRROR="/elsewhere")))
-    (download,) = [j for j in jobs if j["rule"] == "download"]
-    assert "--mirror /elsewhere " in download["shell"]
+    assert all("--mirror /elsewhere " in j["shell"] for j in jobs if j["rule"] == "download")
 
 
 def test_no_download_or_prepare_for_generated_data() -> None:
@@ -285,8 +285,16 @@ def test_tiny_profile_end_to_end(tmp_path: Path) -> None:
     for name in cfg["reports"]:
         assert (reports / "tables" / f"{name}.md").read_text().strip()
         assert (reports / "tables" / f"{name}.csv").read_text().strip()
-        for kind in ("curves", "inner_steps"):
+        for kind in cfg["reports"][name].get("figures", ("curves", "inner_steps")):
             assert (reports / "figures" / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+    # cross-domain: every method's run tested on CIFAR-FS's test classes, paired on its episodes; CIFAR-FS is
+    # downloaded and prepared although nothing trains on it
+    xd = (reports / "tables" / "test_xdomain_xdomain.md").read_text()
+    assert "Omniglot → CIFAR-FS" in xd and "MAML + CML + HT" in xd and "ProtoNet (tiny)" in xd
+    assert (root / cfg["data"]["dir"] / "cifarfs" / "meta.json").exists()
+    for method in ("maml", "maml+cml+ht", "protonet@tiny"):
+        ev = json.loads((results / "omniglot" / method / "5way1shot/seed0/eval_xdomain_cifarfs.json").read_text())
+        assert ev["cross_domain"]["input_shape"] == [1, 28, 28] and len(ev["per_episode"]) == 600
     assert (reports / "figures" / "test_sinusoid_fits.png").exists()
     assert not (reports / "figures" / "test_fewshot_fits.png").exists()
     index = (reports / "README.md").read_text()

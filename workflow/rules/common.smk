@@ -9,8 +9,8 @@ import math
 import os
 import re
 
-from metarepro.config import (base_method, find_experiment, iter_pretrains, iter_runs, resolve_pretrain,
-                              resolve_run, used_datasets)
+from metarepro.config import (base_method, dataset_args, find_experiment, iter_cross_domain, iter_pretrains,
+                              iter_runs, resolve_pretrain, resolve_run, used_datasets)
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -75,10 +75,8 @@ def run_config(wildcards):
 
 
 def dataset_options(dataset):
-    """The dataset's resolved options block (JSON), as the runs on it see it."""
-    run = next(r for r in runs() if r.dataset == dataset)
-    return json.dumps(resolve_run(config, run.experiment, run.method, run.shots, run.seed).dataset_args,
-                      sort_keys=True)
+    """The dataset's resolved options block (JSON), as the runs on it (and cross-domain tests on it) see it."""
+    return json.dumps(dataset_args(config, dataset), sort_keys=True)
 
 
 def prepared(dataset):
@@ -159,11 +157,25 @@ def report_figures(name):
     return figures
 
 
+def xdomain_evals(wildcards):
+    """Report `name`'s cross-domain evaluations (eval_xdomain_<target>.json) and the in-domain eval.json files set
+    beside them: the tested runs' own, and those of the report's runs trained on a target."""
+    name = wildcards.name
+    pairs = [(r, t) for r, t in iter_cross_domain(config, config["reports"][name]["experiments"])
+             if r in report_runs(name)]
+    targets = {t for _, t in pairs}
+    tested = {r for r, _ in pairs} | {r for r in report_runs(name) if r.dataset in targets}
+    return [f"{r.run_dir}/eval_xdomain_{t}.json" for r, t in pairs] + run_files(sorted(tested, key=str), "eval.json")
+
+
 def report_outputs(name):
-    """What one report produces: its table (md + csv), its complexity table if asked for, and its figures."""
+    """What one report produces: its table (md + csv), its complexity and cross-domain tables if asked for, and
+    its figures."""
     out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv"]
     if config["reports"][name].get("complexity"):
         out += [f"{REPORTS}/tables/{name}_complexity.md", f"{REPORTS}/tables/{name}_complexity.csv"]
+    if config["reports"][name].get("cross_domain"):
+        out += [f"{REPORTS}/tables/{name}_xdomain.md", f"{REPORTS}/tables/{name}_xdomain.csv"]
     return out + [f"{FIGURES}/{name}_{kind}.png" for kind in report_figures(name)]
 
 

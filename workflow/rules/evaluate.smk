@@ -47,3 +47,35 @@ rule evaluate_shots:
     shell:
         "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --shots {wildcards.test_shots}"
         " --threads {threads} > {log:q} 2>&1"
+
+
+# Cross-domain: a run tested on another dataset's test classes (experiment key `cross_domain`). The target is
+# downloaded and prepared by the DAG even when nothing trains on it; the source's prepared data is an input
+# because the job checks, before any work, that no target test class is a source training class.
+rule evaluate_xdomain:
+    input:
+        model=f"{RUN}/model.pt",
+        config=f"{RUN}/config.yaml",
+        source=lambda w: prepared(w.dataset),
+        target=lambda w: prepared(w.target),
+    output:
+        f"{RUN}/eval_xdomain_{{target}}.json",
+    log:
+        f"{LOGS}/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_xdomain_{{target}}.log",
+    conda:
+        "../../environment.yml"
+    threads: config["threads"]
+    wildcard_constraints:
+        target=_alternatives(set(used_datasets(config)) - GENERATED),
+    resources:
+        mem_mb=lambda w: max(MEM_MB.get(w.dataset, 8000), MEM_MB.get(w.target, 8000)),
+        runtime=60,
+        gpu=config.get("gpu", 0),
+    params:
+        run_dir=lambda w, output: os.path.dirname(output[0]),
+        target_data=lambda w: f"{DATA}/{w.target}",
+        # a param, so changing the target's options re-runs the test
+        options=lambda w: dataset_options(w.target),
+    shell:
+        "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --target {wildcards.target}"
+        " --target-data {params.target_data:q} --target-options {params.options:q} --threads {threads} > {log:q} 2>&1"

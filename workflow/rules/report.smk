@@ -5,6 +5,7 @@
 localrules:
     table,
     complexity,
+    xdomain,
     curves,
     inner_steps,
     sinusoid_fits,
@@ -57,6 +58,28 @@ rule complexity:
     shell:
         "PYTHONPATH=src python -m metarepro report complexity --name {wildcards.name} --title {params.title:q}"
         " --out {output.md:q} {params.run_dirs:q} > {log:q} 2>&1"
+
+
+rule xdomain:
+    input:
+        xdomain_evals,
+    output:
+        md=f"{REPORTS}/tables/{{name}}_xdomain.md",
+        csv=report(f"{REPORTS}/tables/{{name}}_xdomain.csv", caption="../report/xdomain.rst",
+                   category="Tables", labels={"report": "{name}", "table": "cross-domain"}),
+    log:
+        f"{LOGS}/report/{{name}}_xdomain.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        title=lambda w: f"Cross-domain: {config['reports'][w.name].get('title', w.name)}",
+    shell:
+        "PYTHONPATH=src python -m metarepro report xdomain --name {wildcards.name} --title {params.title:q}"
+        " --out {output.md:q} {input:q} > {log:q} 2>&1"
 
 
 rule curves:

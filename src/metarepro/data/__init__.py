@@ -64,16 +64,40 @@ def _train_stats(data_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(sample.std(axis=(0, 1, 2)).clip(1e-3).tolist())
 
 
+def normalization(dataset: str, data_dir: str) -> dict | None:
+    """The per-channel input normalisation of a dataset's episodes, {"mean": [...], "std": [...]} from its train
+    split; None when images stay in [0, 1] (Omniglot) or the data is generated."""
+    spec = get(dataset)
+    if spec.generated or not spec.normalize:
+        return None
+    mean, std = _train_stats(str(Path(data_dir)))
+    return {"mean": list(mean), "std": list(std)}
+
+
 def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: int, shots: int,
-             queries: int, seed: int) -> ImageEpisodes | SinusoidEpisodes:
-    """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol."""
+             queries: int, seed: int, model_input: tuple[tuple[int, ...], dict | None] | None = None
+             ) -> ImageEpisodes | SinusoidEpisodes:
+    """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol.
+
+    `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
+    evaluation): images are converted to that shape and normalised with that model's training statistics
+    (`normalization`, None: left in [0, 1]) instead of this dataset's."""
     spec = get(dataset)
     if spec.generated:
         return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
     data = _split(str(Path(data_dir)), split)
+    rotations = bool(dataset_args.get("rotations", False))
+    if model_input is not None:
+        shape, norm = model_input
+        return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, out_shape=shape,
+                             mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
     mean, std = _train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
-    return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
-                         mean=mean, std=std)
+    return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, mean=mean, std=std)
+
+
+def class_names(data_dir: str, split: str) -> list[str]:
+    """The class names of a prepared split."""
+    return [str(c) for c in _split(str(Path(data_dir)), split).class_names]
 
 
 def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
@@ -83,4 +107,5 @@ def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
     return (c, h, w)
 
 
-__all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "TaskSampler"]
+__all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "normalization", "class_names",
+           "TaskSampler"]

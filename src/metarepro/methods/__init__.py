@@ -23,19 +23,20 @@ METHODS: dict[str, type[MetaLearner]] = {
 }
 
 
-VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?$")
+VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
 
 
 def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLearner:
     """Build method `name` around `model`; unknown names get an error listing the known ones.
 
     A variant `<method>@<tag>` (metarepro.config.VARIANT_SEP) builds <method> with `hparams`: the variant's
-    switches are its config block, the tag only names the run.
+    switches are its config block, the tag only names the run. Add-ons after the name (`maml+cml`) are built by
+    metarepro.addons, not here: the method itself never knows about them.
     """
     m = VARIANT.match(name)
     if m is None or m["base"] not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
-                       "(or a variant <method>@<tag>, tag of a-z, 0-9, _)")
+                       "(or <method>@<tag> and/or <method>+<addon>, of a-z, 0-9, _)")
     return METHODS[m["base"]](model, task_type=task_type, **hparams)
 
 

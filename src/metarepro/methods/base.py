@@ -12,9 +12,10 @@ How the planned methods fit (sketched against these seams before fixing them):
 - MTL: a frozen pretrained `model.features` + meta-learned scale/shift params in the params dict.
 - AMFS: overrides `adapt_trajectory` with a closed-form kernel solve.
 - Meta-LSTM gate values (its Fig. 2): `record_diagnostics` collects them from the trajectory being scored.
-- CML: a modifier overriding `meta_loss` (adds gamma * co-learner loss).
-- O-AMFS: a modifier overriding `meta_step` (cosine-weighted task gradients).
-- Hard-task meta-batch: a TaskSampler whose `feedback(tasks, losses)` re-samples the hardest classes.
+- Add-ons (metarepro.addons) compose with any method through `meta_step` without subclassing it: outer-loss
+  terms with their own parameters (CML's co-learner) read each TaskOutcome and its tapped query features,
+  gradient aggregators (O-AMFS) combine per-task meta-gradients, and task samplers (the hard-task meta-batch)
+  receive every task's TaskResult (loss, metric, per-class accuracy) from the training loop.
 - ProtoNet / Matching Nets / nearest neighbour: closed-form "adaptation" (0 inner steps) that yields a
   ClosedFormLearner classifying by the support embeddings (`embed`).
 - Fine-tune / nearest-neighbour baselines: `needs_pretrained` (the training loop loads the pretrain stage's
@@ -23,8 +24,8 @@ How the planned methods fit (sketched against these seams before fixing them):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class Task:
     y_support: Tensor
     x_query: Tensor
     y_query: Tensor
-    classes: tuple[int, ...] = ()     # global class ids (hard-task sampling, analysis)
+    classes: tuple = ()               # global class ids (hard-task sampling, analysis); a stack: one tuple per task
     info: Mapping[str, Any] | None = None  # e.g. sinusoid amplitude/phase
     n_tasks: int = 0                  # > 0: a stack of n_tasks tasks along a leading dim (Task.stack)
 
@@ -54,7 +55,97 @@ class Task:
     def stack(tasks: "list[Task]") -> "Task":
         """Tasks of equal shapes as one task with a leading task dim: x (T, N, ...), y (T, N, ...)."""
         return Task(*(torch.stack([getattr(t, f) for t in tasks])
-                      for f in ("x_support", "y_support", "x_query", "y_query")), n_tasks=len(tasks))
+                      for f in ("x_support", "y_support", "x_query", "y_query")),
+                    classes=tuple(t.classes for t in tasks) if any(t.classes for t in tasks) else (),
+                    n_tasks=len(tasks))
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's outcome of a meta-step, detached (what a TaskSampler receives): query loss, metric (accuracy % or
+    MSE), per-class query accuracy in % (index = the task's label, `classes[i]` its global class id; None for
+    regression)."""
+    loss: float
+    metric: float
+    class_accuracy: tuple[float, ...] | None
+    classes: tuple[int, ...]
+
+
+@dataclass
+class TaskOutcome:
+    """The outer step's view of one adapted task, or of a stack of tasks (Task.stack): the objective with its
+    graph, the adapted learner's query output, and the query features that outer-loss terms tap (filled by
+    MetaLearner.meta_step, keyed by module name: e.g. "features" (T, N, d) for the MLP)."""
+    loss: Tensor                     # scalar outer objective; for a stack the sum over its tasks
+    output: Tensor                   # query predictions (N, ways) or, stacked, (T, N, ...)
+    task: Task
+    task_losses: Tensor | None = None    # a stack's per-task losses (T,), with the graph
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+    def unstack(self) -> "list[TaskOutcome]":
+        """One outcome per task (views into a stack's tensors; the outcome itself for a single task)."""
+        if not self.task.n_tasks:
+            return [self]
+        assert self.task_losses is not None, "a stacked outcome needs its per-task losses"
+        t = self.task
+        return [TaskOutcome(self.task_losses[i], self.output[i],
+                            Task(t.x_support[i], t.y_support[i], t.x_query[i], t.y_query[i],
+                                 t.classes[i] if t.classes else ()),
+                            None, {k: v[i] for k, v in self.features.items()})
+                for i in range(t.n_tasks)]
+
+    def results(self, meta: "MetaLearner") -> list[TaskResult]:
+        """The detached per-task numbers, one TaskResult per task (a stack's computed at once, without slicing)."""
+        if self.task.n_tasks:
+            assert self.task_losses is not None, "a stacked outcome needs its per-task losses"
+            out, y = self.output.detach(), self.task.y_query
+            losses = self.task_losses.detach().tolist()
+            if meta.task_type == "regression":
+                metrics = F.mse_loss(out, y, reduction="none").flatten(1).mean(1).tolist()
+                return [TaskResult(l, m, None, ()) for l, m in zip(losses, metrics)]
+            return [o.results(meta)[0] for o in self.unstack()]
+        y, out = self.task.y_query, self.output.detach()
+        per_class = None
+        if meta.task_type == "classification":
+            hit = (out.argmax(-1) == y).float()
+            ways = int(y.max()) + 1
+            per_class = tuple(float(hit[y == c].mean()) * 100.0 for c in range(ways))
+        return [TaskResult(float(self.loss.detach()), meta.metric(out, y), per_class, tuple(self.task.classes))]
+
+
+class StepStats(dict):
+    """A meta-step's logged stats (means over the meta-batch: loss, metric, each term's loss, skipped) and, as
+    `.tasks`, the TaskResult of every task in meta-batch order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[TaskResult] = []
+
+    def add(self, key: str, value: float) -> None:
+        self[key] = self.get(key, 0.0) + value
+
+
+@contextlib.contextmanager
+def tap_outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the output of `model`'s submodules `names` (e.g. "features"): the dict holds each one's output of
+    the last forward inside the block, i.e. the query pass of an outer step. No names: no hooks at all."""
+    found: dict[str, Tensor] = {}
+    handles = []
+    for name in names:
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor, name: str = name) -> None:
+            found[name] = output
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def finite_grads(params: Iterable[Tensor]) -> bool:
+    """Whether every gradient of `params` is finite (no inf/NaN from a diverging inner loop)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
 
 class Learner:
@@ -185,37 +276,77 @@ class MetaLearner(nn.Module):
         return learner
 
     # ---- outer loop ---------------------------------------------------------------------
-    def meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
-        """Outer objective for one task: query loss of the adapted learner."""
+    def outcome(self, task: Task) -> TaskOutcome:
+        """Adapt to the task's support set and score the query set: the outer objective and what the add-ons read
+        (per-task loss, metric, per-class accuracy; the tapped query features are added by `meta_step`).
+        Methods with another outer objective (MAML++'s multi-step loss) override this."""
         learner = self.adapt(task)
         out = learner(task.x_query)
-        loss = self.loss(out, task.y_query)
-        return loss, {"loss": float(loss.detach()), "metric": self.metric(out, task.y_query)}
+        per_task = self.task_losses(out, task.y_query)
+        loss = per_task.sum() if per_task is not None else self.loss(out, task.y_query)   # = self.loss's ops
+        return TaskOutcome(loss, out, task, per_task)
 
-    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer,
-                  grad_clip: float | None = None) -> dict[str, float]:
-        """Outer update on a meta-batch: mean of per-task meta-losses (default aggregation).
+    def task_losses(self, out: Tensor, y: Tensor) -> Tensor | None:
+        """Per-task losses (T,) of a stacked task's output (T, N, ...), with the graph; None for one task."""
+        if out.dim() == 3 and self.task_type == "regression":
+            return F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+        return None
 
-        Backward runs per task (gradients accumulate), which equals backward of the mean and keeps
-        only one task's second-order graph in memory at a time.
+    def meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
+        """Outer objective for one task: query loss of the adapted learner (and its logged stats)."""
+        o = self.outcome(task)
+        return o.loss, {"loss": float(o.loss.detach()), "metric": self.metric(o.output, task.y_query)}
+
+    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
+                  aggregator: Any = None, terms: Sequence[Any] = ()) -> "StepStats":
+        """One outer update on a meta-batch; the place where the three add-on seams meet.
+
+        1. every task (or one stack of equal-shape tasks, `can_stack`) gives a TaskOutcome, with the query
+           features that the outer-loss `terms` tap;
+        2. its objective is the method's query loss plus sum_k weight_k * term_k(outcome) (e.g. CML's co-learner);
+        3. the `aggregator` combines the per-task gradients of the objectives (None: the mean, computed as today
+           by a backward per task that accumulates, which keeps one task's second-order graph in memory at a time;
+           aggregators with `per_task_gradients` get the (T, P) matrix of per-task gradient vectors instead).
+        Returns the logged stats (means over the tasks) with `.tasks`: one detached TaskResult per task, in order,
+        which the training loop hands to the task sampler.
         """
         optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
-        if self.can_stack(tasks):
-            loss, s = self.meta_loss(Task.stack(tasks))     # loss and s["loss"]: sums over the tasks
-            (loss / len(tasks)).backward()
-            stats = {k: v / len(tasks) if k == "loss" else v for k, v in s.items()}
-        else:
-            for task in tasks:
-                loss, s = self.meta_loss(task)
-                (loss / len(tasks)).backward()
-                for k, v in s.items():
-                    stats[k] = stats.get(k, 0.0) + v / len(tasks)
-        if not self.finite_grads():
+        params = [p for group in optimizer.param_groups for p in group["params"]]  # meta-parameters, terms' included
+        per_task = aggregator is not None and aggregator.per_task_gradients
+        batches = [Task.stack(tasks)] if not per_task and self.can_stack(tasks) else tasks
+        taps = sorted({t.tap for t in terms if getattr(t, "tap", None)})
+        stats, grads = StepStats(), []
+        for batch in batches:
+            with tap_outputs(self.model, taps) as features:
+                o = self.outcome(batch)
+            o.features.update(features)
+            objective = o.loss
+            for term in terms:
+                extra = term(o)                     # summed over a stack's tasks, like o.loss
+                objective = objective + term.weight * extra
+                stats.add(f"{term.name}_loss", float(extra.detach()) / len(tasks))
+            if per_task:
+                g = torch.autograd.grad(objective, params, allow_unused=True)
+                grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                                        for gi, p in zip(g, params)]))
+            else:
+                (objective / len(tasks)).backward()
+            metric = self.metric(o.output, batch.y_query)   # a stack's: over all its (equal-size) tasks
+            stats.add("loss", float(o.loss.detach()) / len(tasks))
+            stats.add("metric", metric if batch.n_tasks else metric / len(tasks))
+            stats.tasks.extend(o.results(self))
+        if per_task:
+            combined = aggregator.combine(torch.stack(grads))      # (T, P) -> (P,)
+            offset = 0
+            for p in params:
+                p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        if not finite_grads(params):
             # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
             # NaN into every meta-parameter; the training loop counts and logs skipped steps
             optimizer.zero_grad(set_to_none=True)
-            return {**stats, "skipped": 1.0}
+            stats["skipped"] = 1.0
+            return stats
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
         optimizer.step()
@@ -223,8 +354,7 @@ class MetaLearner(nn.Module):
 
     def finite_grads(self) -> bool:
         """Whether every meta-parameter's gradient is finite (no inf/NaN from a diverging inner loop)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        return finite_grads(self.parameters())
 
     def can_stack(self, tasks: list[Task]) -> bool:
         """Whether `meta_step` runs `tasks` as one stacked task (see `task_batching`)."""

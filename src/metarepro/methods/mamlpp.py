@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .base import Learner, MetaLearner, Params, Task
+from .base import Learner, MetaLearner, Params, Task, TaskOutcome
 from .metasgd import safe_key
 
 
@@ -155,24 +155,30 @@ class MAMLpp(MetaLearner):
             return None
         return msl_weights(self.inner_steps, self.epoch, self.msl_epochs)
 
-    def meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
+    def outcome(self, task: Task) -> TaskOutcome:
+        """MSL: the weighted sum of the query losses after every inner step (while annealing), else the last one's."""
         weights = self.current_msl_weights()
         loss: Tensor | None = None
+        per_task: Tensor | None = None
         out = None
         for learner in self.adapt_trajectory(task, self.inner_steps, self.training and self.second_order_now()):
             j = learner.step
             if j == 0 or (weights is None and j < self.inner_steps):
                 continue
             out = learner(task.x_query)
-            term = self.loss(out, task.y_query)
+            t = self.task_losses(out, task.y_query)     # a stack's per-task losses (None for one task)
+            term = t.sum() if t is not None else self.loss(out, task.y_query)   # = self.loss's ops
             term = term if weights is None else weights[j - 1] * term
             loss = term if loss is None else loss + term
+            if t is not None:                           # weighted the same way, per task
+                t = t if weights is None else weights[j - 1] * t
+                per_task = t if per_task is None else per_task + t
         assert loss is not None and out is not None
-        return loss, {"loss": float(loss.detach()), "metric": self.metric(out, task.y_query)}
+        return TaskOutcome(loss, out, task, per_task)
 
-    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer,
-                  grad_clip: float | None = None) -> dict[str, float]:
-        stats = super().meta_step(tasks, optimizer, grad_clip)
+    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
+                  **addons):
+        stats = super().meta_step(tasks, optimizer, grad_clip, **addons)
         self.iteration += 1
         return stats
 

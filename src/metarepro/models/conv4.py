@@ -20,6 +20,9 @@ def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
 
 
 class Conv4(nn.Module):
+    # the feature map before the last pooling (ReLU of block 4): what CML's co-learner reads
+    feature_map = "features.3.2"
+
     def __init__(self, in_shape: tuple[int, int, int], out_dim: int, filters: int = 64,
                  bn_running_stats: bool = False) -> None:
         super().__init__()

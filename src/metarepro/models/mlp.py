@@ -22,6 +22,7 @@ class TaskLinear(nn.Linear):
 
 class MLP(nn.Module):
     task_batched = True      # accepts stacked per-task parameters (see TaskLinear)
+    feature_map = "features"  # the last hidden layer: what CML's co-learner reads for regression
 
     def __init__(self, in_shape: tuple[int, ...], out_dim: int, hidden: Sequence[int] = (40, 40)) -> None:
         super().__init__()

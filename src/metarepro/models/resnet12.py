@@ -32,6 +32,8 @@ class ResBlock(nn.Module):
 
 
 class ResNet12(nn.Module):
+    feature_map = "features.3"   # the last residual stage, before global average pooling (CML's co-learner input)
+
     def __init__(self, in_shape: tuple[int, int, int], out_dim: int, widths: Sequence[int] = (64, 160, 320, 640),
                  drop_rate: float = 0.0, bn_running_stats: bool = False, filters: int | None = None) -> None:
         super().__init__()

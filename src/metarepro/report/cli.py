@@ -1,4 +1,4 @@
-"""`python -m metarepro report {table,complexity,figure,index}`: the report stage's command line (torch-free)."""
+"""`python -m metarepro report {table,complexity,xdomain,figure,index}`: the report stage's command line (torch-free)."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="output .md (default: reports/tables/NAME_complexity.md); the .csv goes beside it")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding eval.json and config.yaml")
 
+    x = sub.add_parser("xdomain", help="cross-domain table: in-domain beside cross-domain accuracy, paired tests: "
+                                       "writes NAME_xdomain.md/.csv")
+    x.add_argument("--name", required=True, help="report name; the output's file stem is NAME_xdomain")
+    x.add_argument("--title", help="heading of the Markdown table (default: NAME: cross-domain)")
+    x.add_argument("--out", help="output .md (default: reports/tables/NAME_xdomain.md); the .csv goes beside it")
+    x.add_argument("evals", nargs="+", metavar="EVAL_JSON",
+                   help="eval_xdomain_<target>.json files and the in-domain eval.json files to set beside them")
+
     f = sub.add_parser("figure", help="a PNG figure")
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
@@ -86,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .complexity import make_complexity_table
 
             md, csv_path = make_complexity_table(args.run_dirs, out, args.title or f"{args.name}: complexity")
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "xdomain":
+            out = Path(args.out or f"reports/tables/{args.name}_xdomain.md")
+            if out.stem != f"{args.name}_xdomain":
+                raise MetareproError(f"--out {out} does not match --name {args.name} (expected .../{args.name}_xdomain.md)")
+            from .xdomain import make_xdomain_table
+
+            md, csv_path = make_xdomain_table(args.evals, out, args.title or f"{args.name}: cross-domain")
             print(f"wrote {md} and {csv_path}")
         elif args.command == "figure":
             from .figures import FIGURES
