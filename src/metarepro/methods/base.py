@@ -315,7 +315,7 @@ class MetaLearner(nn.Module):
         per_task = aggregator is not None and aggregator.per_task_gradients
         batches = [Task.stack(tasks)] if not per_task and self.can_stack(tasks) else tasks
         taps = sorted({t.tap for t in terms if getattr(t, "tap", None)})
-        stats, grads = StepStats(), []
+        stats, grads, used = StepStats(), [], set()
         for batch in batches:
             with tap_outputs(self.model, taps) as features:
                 o = self.outcome(batch)
@@ -327,6 +327,7 @@ class MetaLearner(nn.Module):
                 stats.add(f"{term.name}_loss", float(extra.detach()) / len(tasks))
             if per_task:
                 g = torch.autograd.grad(objective, params, allow_unused=True)
+                used.update(i for i, gi in enumerate(g) if gi is not None)
                 grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
                                         for gi, p in zip(g, params)]))
             else:
@@ -338,8 +339,8 @@ class MetaLearner(nn.Module):
         if per_task:
             combined = aggregator.combine(torch.stack(grads))      # (T, P) -> (P,)
             offset = 0
-            for p in params:
-                p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            for i, p in enumerate(params):   # a parameter no task's objective reached keeps grad None, as in backward
+                p.grad = combined[offset:offset + p.numel()].view_as(p).clone() if i in used else None
                 offset += p.numel()
         if not finite_grads(params):
             # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
