@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -159,8 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_on_signals() -> None:
+    """Stop on SIGINT and SIGTERM even when started with them ignored: a non-interactive shell starts background
+    jobs with SIGINT ignored, and Python keeps an inherited "ignore" (it installs its KeyboardInterrupt handler only
+    over the default), as do nohup and some batch systems. Both now raise KeyboardInterrupt, which unwinds the job
+    without writing its outputs (every write is atomic) and leaves the last resume checkpoint in place."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    stop_on_signals()
     if argv[:1] == ["report"]:
         from .report.cli import main as report_main
         try:
@@ -173,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc or 'SIGINT'}): nothing was written; a training job keeps its last checkpoint "
+              "and resumes from it when rerun", file=sys.stderr)
+        return 130
     except (MetareproError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

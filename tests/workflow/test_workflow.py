@@ -319,6 +319,12 @@ def test_tiny_profile_end_to_end(tmp_path: Path) -> None:
     assert not stats.keys() & {"download", "prepare"}
 
 
+def default_signals() -> None:
+    """In a child before exec: SIGINT and SIGTERM back to their default dispositions."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @needs_mirror_and_cli
 @pytest.mark.parametrize("how", ["ctrl-c", "power-cut"])
 def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
@@ -336,7 +342,10 @@ def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
     checkpoint = root / run / "checkpoints" / "last.pt"
     proc = subprocess.Popen([str(BIN / "snakemake"), f"{run}/model.pt"], cwd=root, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group: snakemake and its job
+                            start_new_session=True,   # its own process group: snakemake and its job
+                            # a terminal's Ctrl-C: SIGINT at its default, whatever this test inherited (a
+                            # non-interactive shell starts background jobs with SIGINT ignored)
+                            preexec_fn=default_signals)
     try:
         deadline = time.time() + 240
         while not checkpoint.exists():
