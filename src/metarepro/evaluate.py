@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from .train import load_learner, mean_ci
+from .runtime import load_learner
+from .stats import mean_ci95 as mean_ci
 from .classes import overlap, overlap_error
 from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
 

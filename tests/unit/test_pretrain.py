@@ -79,7 +79,7 @@ def test_writes_outputs_and_resumes_after_kill_to_identical_weights(data_dir, tm
 
 
 def test_rotations_make_four_classes_per_class_like_the_episode_sampler(data_dir):
-    from metarepro.data import _split
+    from metarepro.data import cached_split as _split
     images = pretrain_mod.TrainImages(_split(str(data_dir), "train"), True, None, None)
     assert images.n_classes == 16 and images.size == 160
     x, y = images.batch(np.array([0, 1, 2, 3, 41]))          # image 0 at rotations 0..3; image 10 at rotation 1

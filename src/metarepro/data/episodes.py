@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..methods.base import Task, TaskResult
+from ..task import Task, TaskResult
 from ..utils import stable_hash
 from .sinusoid import SinusoidTasks
 from .store import ImageSplit

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import ClosedFormLearner, MetaLearner, Task
-from .protonet import drop_head
+from ..models import drop_head
 
 
 class AttLSTMCell(nn.Module):

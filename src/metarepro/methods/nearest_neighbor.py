@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import ClosedFormLearner, MetaLearner, Task
-from .protonet import drop_head
+from ..models import drop_head
 
 
 class NearestNeighbor(MetaLearner):

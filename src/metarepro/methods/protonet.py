@@ -18,16 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import drop_head
 from .base import ClosedFormLearner, MetaLearner, Task
 
 DISTANCES = ("sqeuclidean", "cosine")
-
-
-def drop_head(model: nn.Module) -> None:
-    """Replace the backbone's linear head by the identity: metric-based methods classify by distances between
-    features, so the head would be an unused (and saved, and counted) parameter block."""
-    if hasattr(model, "head"):
-        model.head = nn.Identity()
 
 
 def class_means(z: Tensor, y: Tensor, ways: int) -> Tensor:
