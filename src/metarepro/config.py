@@ -19,8 +19,9 @@ from jsonschema import Draft7Validator, validators
 
 from .utils import MetareproError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a non-editable install validates configs too; workflow/schemas/config.schema.yaml (where the
+# Snakemake layout puts it) is a symlink to this file.
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 class ConfigError(MetareproError):

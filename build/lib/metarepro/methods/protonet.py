@@ -1,0 +1,62 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot Learning", NeurIPS).
+
+Embedding f = the backbone's features (its linear head is dropped). Prototype of class k: c_k = mean of f(x_i)
+over the support images of class k. Logits of a query x: -d(f(x), c_k), d = squared Euclidean distance (the
+paper's choice; cosine, their ablation, is the option `distance: cosine`). Adaptation is closed form, 0 gradient
+steps, so evaluation reports a single score (by_step "0"). Meta-training is episodic cross-entropy of the query
+logits, back-propagated into the embedding through the query embeddings and the prototypes.
+Batch norm: support and query are embedded as separate batches, as every method here does (Snell et al.'s code
+embeds them in one batch). Training ways: the paper trains with more ways than it tests (60-way Omniglot,
+30/20-way miniImageNet); here training episodes have the experiment's `ways`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import drop_head
+from .base import ClosedFormLearner, MetaLearner, Task
+
+DISTANCES = ("sqeuclidean", "cosine")
+
+
+def class_means(z: Tensor, y: Tensor, ways: int) -> Tensor:
+    """Per-class mean of embeddings: z (S, D), y (S,) in 0..ways-1 -> (ways, D)."""
+    onehot = F.one_hot(y, ways).to(z.dtype)                     # (S, ways)
+    return onehot.t() @ z / onehot.sum(0).unsqueeze(1)          # (ways, D) / (ways, 1)
+
+
+class ProtoNet(MetaLearner):
+    name = "protonet"
+
+    def __init__(self, model: nn.Module, task_type: str = "classification", distance: str = "sqeuclidean") -> None:
+        # distance: squared Euclidean (Snell et al. 2017: it beats cosine in their comparison)
+        if task_type != "classification":
+            raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        drop_head(model)
+        super().__init__(model, task_type, inner_steps=0, eval_inner_steps=0)
+        self.distance = distance
+
+    def scores(self, z: Tensor, protos: Tensor) -> Tensor:
+        """Logits of embeddings z (Q, D) against prototypes (ways, D) -> (Q, ways)."""
+        if self.distance == "cosine":
+            return F.normalize(z, dim=1) @ F.normalize(protos, dim=1).t()
+        return -((z.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)   # (Q, 1, D) - (1, ways, D) -> (Q, ways)
+
+    def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[ClosedFormLearner]:
+        """Closed form: one learner (step 0) whatever `steps` is. Keeps the graph only while training."""
+        ctx = contextlib.nullcontext() if self.training else torch.no_grad()
+        ways = int(task.y_support.max()) + 1
+        with ctx:
+            protos = class_means(self.embed(task.x_support), task.y_support, ways)
+
+        def predict(x: Tensor) -> Tensor:
+            with ctx:
+                return self.scores(self.embed(x), protos)
+        yield ClosedFormLearner(self, predict, 0)
