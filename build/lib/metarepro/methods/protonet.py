@@ -33,20 +33,32 @@ def class_means(z: Tensor, y: Tensor, ways: int) -> Tensor:
 class ProtoNet(MetaLearner):
     name = "protonet"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", distance: str = "sqeuclidean") -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", distance: str = "sqeuclidean",
+                 cosine_scale: float = 10.0, learn_scale: bool = True) -> None:
         # distance: squared Euclidean (Snell et al. 2017: it beats cosine in their comparison)
+        # cosine_scale: cosine logits lie in [-1, 1], too flat for a softmax over 5+ classes; they are multiplied
+        #   by a temperature, learned (metric scaling, Oreshkin et al. 2018, TADAM) from 10 (the initial scale of
+        #   the cosine classifier of Gidaris & Komodakis 2018); unused with sqeuclidean
         if task_type != "classification":
             raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        if cosine_scale <= 0:
+            raise ValueError(f"cosine_scale must be > 0, got {cosine_scale}")
         drop_head(model)
         super().__init__(model, task_type, inner_steps=0, eval_inner_steps=0)
         self.distance = distance
+        if distance == "cosine":     # only then: a squared-Euclidean ProtoNet keeps exactly its parameters
+            scale = torch.tensor(float(cosine_scale), dtype=next(model.parameters()).dtype)
+            if learn_scale:
+                self.scale = nn.Parameter(scale)
+            else:
+                self.register_buffer("scale", scale)
 
     def scores(self, z: Tensor, protos: Tensor) -> Tensor:
         """Logits of embeddings z (Q, D) against prototypes (ways, D) -> (Q, ways)."""
         if self.distance == "cosine":
-            return F.normalize(z, dim=1) @ F.normalize(protos, dim=1).t()
+            return self.scale * (F.normalize(z, dim=1) @ F.normalize(protos, dim=1).t())
         return -((z.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(-1)   # (Q, 1, D) - (1, ways, D) -> (Q, ways)
 
     def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[ClosedFormLearner]:
