@@ -28,12 +28,13 @@ def data_dir(tmp_path_factory) -> Path:
     """cifarfs-shaped (16x16x3) random images: 4 train, 3 val, 3 test classes of 10 images each."""
     rng = np.random.default_rng(0)
 
-    def split(n_classes):
+    def split(n_classes, name):
         labels = np.repeat(np.arange(n_classes), 10)
         images = (rng.random((len(labels), 16, 16, 3)) * 100 + labels[:, None, None, None] * 40).astype(np.uint8)
-        return images, labels, [f"c{i}" for i in range(n_classes)]
+        return images, labels, [f"{name}{i}" for i in range(n_classes)]
     out = tmp_path_factory.mktemp("data") / "cifarfs"
-    return write_dataset(out, "cifarfs", {"train": split(4), "val": split(3), "test": split(3)}, {}, "synthetic")
+    return write_dataset(out, "cifarfs", {"train": split(4, "train"), "val": split(3, "val"), "test": split(3, "test")},
+                         {}, "synthetic")
 
 
 def _config(data_dir: Path, out: Path, **settings) -> PretrainConfig:

@@ -45,6 +45,7 @@ VARIANT_LABELS: dict[str, str] = {
     "pamela@q_shared": "MAML + single Q (multi-step)",      # one Q for all steps, no skip
     "pamela@q_per_step": "MAML + per-step Q_j",             # Q_j per step, no skip
     "pamela@skip": "MAML + P^w skip",                       # scalar inner lr, P^w skip
+    "pamela@window": "PAMELA, window skips (our earlier reading)",   # Q_j + P^w, skip_mode window
     "mamlpp@maml": "MAML",                                  # every MAML++ fix off
     "mamlpp@bn": "MAML + BNRS + BNWB",                      # per-step batch norm only
     "mamlpp@lslr": "MAML + LSLR",
