@@ -180,6 +180,17 @@ class MetaLearner(nn.Module):
                             "backbone's embedding (every backbone in metarepro.models has one)")
         return features(x)
 
+    def embed_task(self, task: Task, joint: bool) -> tuple[Tensor, Tensor | None]:
+        """Support features (S, D) and, with `joint`, query features (Q, D) from ONE forward pass of support and
+        query together, so batch norm (which normalises with the batch's statistics) sees all S + Q images, as
+        Snell et al.'s ProtoNet code does and as MAML's query pass does; a 5-way 1-shot support set alone is a
+        batch of 5. Without `joint`: the support alone, and None."""
+        if not joint:
+            return self.embed(task.x_support), None
+        n = len(task.x_support)
+        z = self.embed(torch.cat([task.x_support, task.x_query]))
+        return z[:n], z[n:]
+
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task_type == "classification":
             return F.cross_entropy(out, y)

@@ -13,7 +13,7 @@ With `fce` (Sec. 2.1.2, App. A.1-A.2):
       h^_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1})      (recurrent input: the concatenation, 2D)
       h_K = h^_K + f'(x)
 The LSTM whose recurrent input is [h, r] (2D) but whose output h^ is D-dimensional is written out (AttLSTMCell).
-Batch norm: support and query are embedded as separate batches (the convention of every method here).
+Batch norm: support and query are embedded as one batch (`transductive`, the default; False: separate batches).
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class MatchingNet(MetaLearner):
     name = "matchingnet"
 
     def __init__(self, model: nn.Module, task_type: str = "classification", fce: bool = False,
-                 fce_steps: int = 10) -> None:
+                 fce_steps: int = 10, transductive: bool = True) -> None:
+        # transductive: embed support and query as one batch (batch norm over all S + Q images), as ProtoNet
         # fce: off by default (the paper reports both; FCE helped on miniImageNet, Vinyals et al. 2016, Table 2)
         # fce_steps: K processing steps of the attention LSTM; the paper does not state K (10: our choice)
         if task_type != "classification":
@@ -57,7 +58,7 @@ class MatchingNet(MetaLearner):
             raise ValueError(f"fce_steps must be >= 1, got {fce_steps}")
         drop_head(model)
         super().__init__(model, task_type, inner_steps=0, eval_inner_steps=0)
-        self.fce, self.fce_steps = bool(fce), int(fce_steps)
+        self.fce, self.fce_steps, self.transductive = bool(fce), int(fce_steps), bool(transductive)
         if self.fce:
             dim = int(getattr(model, "feature_dim"))
             ref = next(model.parameters())
@@ -102,12 +103,13 @@ class MatchingNet(MetaLearner):
         ctx = contextlib.nullcontext() if self.training else torch.no_grad()
         ways = int(task.y_support.max()) + 1
         with ctx:
-            g = self.encode_support(self.embed(task.x_support), self.support_order(task) if self.fce else None)
+            zs, zq = self.embed_task(task, self.transductive)
+            g = self.encode_support(zs, self.support_order(task) if self.fce else None)
             onehot = F.one_hot(task.y_support, ways).to(g.dtype)      # (S, ways)
 
         def predict(x: Tensor) -> Tensor:
             with ctx:
-                f = self.encode_query(self.embed(x), g)
+                f = self.encode_query(zq if zq is not None and x is task.x_query else self.embed(x), g)
                 attention = (F.normalize(f, dim=1) @ F.normalize(g, dim=1).t()).softmax(dim=1)   # (Q, S)
                 return (attention @ onehot).log()                     # log P(y | x, S): (Q, ways)
         yield ClosedFormLearner(self, predict, 0)

@@ -5,8 +5,8 @@ over the support images of class k. Logits of a query x: -d(f(x), c_k), d = squa
 paper's choice; cosine, their ablation, is the option `distance: cosine`). Adaptation is closed form, 0 gradient
 steps, so evaluation reports a single score (by_step "0"). Meta-training is episodic cross-entropy of the query
 logits, back-propagated into the embedding through the query embeddings and the prototypes.
-Batch norm: support and query are embedded as separate batches, as every method here does (Snell et al.'s code
-embeds them in one batch). Training ways: the paper trains with more ways than it tests (60-way Omniglot,
+Batch norm: support and query are embedded as one batch (`transductive`, the default), as Snell et al.'s code does,
+so the batch statistics come from all S + Q images rather than from a 1-shot support set of `ways` images. Training ways: the paper trains with more ways than it tests (60-way Omniglot,
 30/20-way miniImageNet); here training episodes have the experiment's `ways`.
 """
 from __future__ import annotations
@@ -34,7 +34,9 @@ class ProtoNet(MetaLearner):
     name = "protonet"
 
     def __init__(self, model: nn.Module, task_type: str = "classification", distance: str = "sqeuclidean",
-                 cosine_scale: float = 10.0, learn_scale: bool = True) -> None:
+                 cosine_scale: float = 10.0, learn_scale: bool = True, transductive: bool = True) -> None:
+        # transductive: embed support and query as one batch (batch norm over all S + Q images), as Snell et al.'s
+        #   code does; False: separate batches (a 1-shot support set is then a batch of `ways` images)
         # distance: squared Euclidean (Snell et al. 2017: it beats cosine in their comparison)
         # cosine_scale: cosine logits lie in [-1, 1], too flat for a softmax over 5+ classes; they are multiplied
         #   by a temperature, learned (metric scaling, Oreshkin et al. 2018, TADAM) from 10 (the initial scale of
@@ -47,7 +49,7 @@ class ProtoNet(MetaLearner):
             raise ValueError(f"cosine_scale must be > 0, got {cosine_scale}")
         drop_head(model)
         super().__init__(model, task_type, inner_steps=0, eval_inner_steps=0)
-        self.distance = distance
+        self.distance, self.transductive = distance, bool(transductive)
         if distance == "cosine":     # only then: a squared-Euclidean ProtoNet keeps exactly its parameters
             scale = torch.tensor(float(cosine_scale), dtype=next(model.parameters()).dtype)
             if learn_scale:
@@ -66,9 +68,10 @@ class ProtoNet(MetaLearner):
         ctx = contextlib.nullcontext() if self.training else torch.no_grad()
         ways = int(task.y_support.max()) + 1
         with ctx:
-            protos = class_means(self.embed(task.x_support), task.y_support, ways)
+            zs, zq = self.embed_task(task, self.transductive)
+            protos = class_means(zs, task.y_support, ways)
 
         def predict(x: Tensor) -> Tensor:
             with ctx:
-                return self.scores(self.embed(x), protos)
+                return self.scores(zq if zq is not None and x is task.x_query else self.embed(x), protos)
         yield ClosedFormLearner(self, predict, 0)
