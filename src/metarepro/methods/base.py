@@ -118,13 +118,14 @@ def finite_grads(params: Iterable[Tensor]) -> bool:
 
 
 class Learner:
-    """A model evaluated at a given set of (adapted) parameters."""
+    """A model evaluated at a given set of (adapted) parameters, after `step` inner updates. Its forward passes
+    are made at `meta.query_slot(step)` (the step index that per-step layers such as MAML++'s batch norm select)."""
 
     def __init__(self, meta: "MetaLearner", params: Params, step: int) -> None:
         self.meta, self.params, self.step = meta, params, step
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.meta.forward_with(self.params, x, self.step)
+        return self.meta.forward_with(self.params, x, self.meta.query_slot(self.step))
 
 
 class ClosedFormLearner(Learner):
@@ -179,6 +180,11 @@ class MetaLearner(nn.Module):
             raise TypeError(f"{type(self.model).__name__} has no `features` module: {self.name} needs the "
                             "backbone's embedding (every backbone in metarepro.models has one)")
         return features(x)
+
+    def query_slot(self, updates: int) -> int:
+        """The step index `forward_with` gets for the learner after `updates` inner updates (default: `updates`;
+        the support pass of inner step j gets j)."""
+        return updates
 
     def embed_task(self, task: Task, joint: bool) -> tuple[Tensor, Tensor | None]:
         """Support features (S, D) and, with `joint`, query features (Q, D) from ONE forward pass of support and
