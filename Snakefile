@@ -15,9 +15,9 @@ configfile: "config/config.yaml"
 
 
 # glibc malloc settings for the torch jobs this workflow starts (they inherit Snakemake's environment): keep
-# freed tensor buffers in the heap instead of handing them back to the OS after every step. Without them each
-# job spends ~25% of its time in the kernel re-faulting pages; with them Omniglot MAML meta-training runs ~1.25x
-# and evaluation ~1.4x faster on 2 cores (see README). A value the user set wins; other libcs ignore them.
+# freed tensor buffers in the heap instead of handing them back to the OS after every step, which otherwise makes
+# every job re-fault its pages (measurements: benchmarks/README.md). A value the user set wins; other libcs
+# ignore them.
 for _var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
     os.environ.setdefault(_var, "17179869184")
 

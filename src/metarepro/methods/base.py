@@ -150,7 +150,7 @@ class MetaLearner(nn.Module):
     meta_trainable = True
     # True: the method's inner loop is elementwise in the parameters, so `meta_step` may run a whole meta-batch
     # as one stacked task (Task.stack) when the backbone accepts per-task weights (`task_batched`, e.g. the
-    # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, ~9x faster for tiny MLPs,
+    # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, and much faster for tiny MLPs,
     # whose cost is per-op overhead (tests/unit/test_task_batching.py checks the equality for every method).
     task_batching = False
 
