@@ -39,7 +39,15 @@ def load_resume_state(ckpt_path: Path, key: str, expected: dict) -> dict | None:
     belongs to other hyperparameters and is deleted (with a warning) instead of silently resumed."""
     if not ckpt_path.exists():
         return None
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "iteration" not in state and "step" not in state:
+            raise ValueError("not a resume checkpoint (no iteration or step)")
+    except Exception as exc:      # truncated, corrupt or foreign: restarting beats crashing on every rerun
+        log.warning("discarding %s: it cannot be read as a resume checkpoint (%s: %s); the run restarts from "
+                    "scratch", ckpt_path, type(exc).__name__, exc)
+        ckpt_path.unlink()
+        return None
     if state.get(key) != expected:
         log.warning("discarding %s: it was written for a different %s config", ckpt_path, key)
         ckpt_path.unlink()
@@ -67,11 +75,41 @@ def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list
         ckpt_path.parent.rmdir()
 
 
+MODEL_KEYS = ("run", "state", "best_iteration", "val_mean", "val_ci95", "wall_time_s")
+
+
+def load_model_file(path: str | Path) -> dict:
+    """A trained run's model.pt, checked: a truncated or corrupt file, or one missing fields, raises
+    MetareproError naming the file and what is wrong (re-run its training job)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise MetareproError(f"{path} not found: run `python -m metarepro metatrain` for this run first") from None
+    except Exception as exc:
+        raise MetareproError(f"{path} cannot be read ({type(exc).__name__}: {exc}); it is truncated or corrupt: "
+                             "delete it and re-run its training job") from exc
+    if not isinstance(state, dict):
+        raise MetareproError(f"{path} is not a metarepro model file (a {type(state).__name__}, not a dict)")
+    missing = [k for k in MODEL_KEYS if k not in state]
+    if missing:
+        raise MetareproError(f"{path} is missing {', '.join(missing)}: not a complete model file; re-run its "
+                             "training job")
+    return state
+
+
 def load_learner(model_path: str | Path, device: str = "cpu") -> tuple[MetaLearner, RunConfig, dict]:
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
-    run = RunConfig.from_dict(state["run"])
+    """The trained learner of a model.pt (the base method only: add-ons are not part of inference)."""
+    state = load_model_file(model_path)
+    try:
+        run = RunConfig.from_dict(state["run"])
+    except (MetareproError, TypeError) as exc:
+        raise MetareproError(f"{model_path}: its run config is invalid ({exc})") from exc
     learner = build_learner(run).to(device)
-    learner.load_state_dict(state["state"])
+    try:
+        learner.load_state_dict(state["state"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise MetareproError(f"{model_path}: its weights do not fit its own run config ({exc})") from exc
     learner.eval()
     return learner, run, state
 
