@@ -74,7 +74,7 @@ def _pretrain_config(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain
 
-    pretrain(_pretrain_config(args), threads=args.threads, progress=not args.no_progress, device=args.device)
+    pretrain(_pretrain_config(args), threads=args.threads, progress=not args.no_progress, device=_device(args))
     return 0
 
 
@@ -82,7 +82,7 @@ def cmd_metatrain(args: argparse.Namespace) -> int:
     from .train import metatrain
 
     run = _run_config(args)
-    metatrain(run, threads=args.threads, progress=not args.no_progress, device=args.device)
+    metatrain(run, threads=args.threads, progress=not args.no_progress, device=_device(args))
     return 0
 
 
@@ -92,9 +92,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = _json_arg(args.target_options, "--target-options") if args.target_options else None
     if args.target is None and (args.target_data or options):
         raise MetareproError("--target-data and --target-options belong to a cross-domain evaluation: give --target")
-    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device, shots=args.shots,
+    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=_device(args), shots=args.shots,
              target=args.target, target_dir=args.target_data, target_options=options)
     return 0
+
+
+GPUS_HELP = ("GPUs the scheduler gave this job (what the Snakemake rules pass): > 0 requires CUDA (the job fails at "
+             "start without it), 0 runs on the CPU; overrides --device")
+
+
+def _device(args: argparse.Namespace) -> str:
+    if args.gpus is None:
+        return args.device
+    if args.gpus < 0:
+        raise MetareproError(f"--gpus must be >= 0, got {args.gpus}")
+    return "cuda" if args.gpus > 0 else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    t.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
     t.set_defaults(func=cmd_pretrain)
 
     for name, fn, helptext in (("metatrain", cmd_metatrain, "meta-train one run (resumes from its checkpoint)"),):
@@ -138,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--threads", type=int, default=1)
         m.add_argument("--no-progress", action="store_true")
         m.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+        m.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
         m.set_defaults(func=fn)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on the fixed test episodes -> eval.json")
@@ -145,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    e.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
     e.add_argument("--shots", type=int, default=None,
                    help="test on the fixed SHOTS-shot episodes instead of the training shots -> eval_{SHOTS}shot.json")
     e.add_argument("--target", default=None,

@@ -36,7 +36,8 @@ from .data.store import ImageSplit
 from .methods.protonet import class_means
 from .runtime import load_backbone, load_resume_state, write_outputs
 from .stats import mean_ci95
-from .utils import MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads
+from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
+                    set_rng_state, set_threads)
 
 log = logging.getLogger("metarepro.pretrain")
 
@@ -137,7 +138,7 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
         start, rows, acc, best, elapsed_before = (state["step"], state["rows"], state["acc"], state["best"],
                                                   state["elapsed_s"])
         log.info("resuming %s from step %d", out, start)
@@ -181,7 +182,7 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
         if done % pt["checkpoint_every"] == 0 and done < total:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"config": cfg.to_dict(), "step": done, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "rows": rows,
+                            "optimizer": optimizer.state_dict(), "rng": rng_state(device), "rows": rows,
                             "acc": acc, "best": best, "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     wall = time.perf_counter() - t0

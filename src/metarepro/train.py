@@ -25,7 +25,8 @@ from .methods.base import MetaLearner
 from .pretrain import load_backbone
 from .runtime import build_learner, load_learner, load_resume_state, write_outputs
 from .stats import mean_ci95
-from .utils import MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads
+from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
+                    set_determinism, set_rng_state, set_threads)
 
 log = logging.getLogger("metarepro.train")
 
@@ -73,6 +74,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
     set_threads(threads)
     device = resolve_device(device)
+    set_determinism(bool(run.train.get("deterministic", False)))
     out = Path(run.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -117,7 +119,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
         start, rows, best, elapsed_before = state["iteration"], state["rows"], state["best"], state["elapsed_s"]
         log.info("resuming %s from iteration %d", out, start)
 
@@ -164,7 +166,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "addons": extras.terms.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None, "sampler": sampler.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "rows": rows, "best": best,
+                            "rng": rng_state(device), "rows": rows, "best": best,
                             "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     if total == 0:
