@@ -15,7 +15,8 @@ rule evaluate:
     threads: config["threads"]
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=60,
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
         gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
@@ -40,7 +41,8 @@ rule evaluate_shots:
         test_shots=r"\d+",
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=60,
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
         gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
@@ -69,7 +71,8 @@ rule evaluate_xdomain:
         target=_alternatives(set(used_datasets(config)) - GENERATED),
     resources:
         mem_mb=lambda w: max(MEM_MB.get(w.dataset, 8000), MEM_MB.get(w.target, 8000)),
-        runtime=60,
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
         gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),

@@ -20,7 +20,8 @@ rule metatrain:
     priority: train_priority
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=train_runtime,
+        runtime=lambda w, attempt: train_runtime(w) * attempt,   # a retried job gets more time
+        cpus_per_task=config["threads"],
         gpu=run_gpus,
     params:
         # The whole resolved run config: editing one method's hparams re-runs only that method's jobs.

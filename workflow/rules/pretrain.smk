@@ -21,7 +21,8 @@ rule pretrain:
     priority: 20              # a few minutes, and the baselines wait for it: early, after the longest trainings
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=pretrain_runtime,
+        runtime=lambda w, attempt: pretrain_runtime(w) * attempt,
+        cpus_per_task=config["threads"],
         gpu=pretrain_gpus,
     params:
         # The whole resolved pretrain config: editing the dataset's `pretrain:` block re-runs it (and its users).
