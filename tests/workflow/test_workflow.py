@@ -368,3 +368,32 @@ def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
     rows = (root / run / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2000, "the resumed run's log continues the killed one's"
     assert not checkpoint.exists()
+
+
+@needs_mirror_and_cli
+def test_a_second_snakemake_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    """Two invocations on one directory: the second stops with Snakemake's lock message (README: wait, or after a
+    crash run `snakemake --unlock`), and the first is not disturbed."""
+    cfg = _tiny()
+    exp = cfg["experiments"]["sinusoid"]
+    exp["methods"] = {"maml": exp["methods"]["maml"]}
+    exp["train"].update(iterations=3000, checkpoint_every=20, val_every=3000, val_episodes=5)
+    cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
+    root = _project_copy(tmp_path, cfg)
+    target = f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0/model.pt"
+    first = subprocess.Popen([str(BIN / "snakemake"), target], cwd=root, env=_env(), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=default_signals)
+    try:
+        locks, deadline = root / ".snakemake" / "locks", time.time() + 240
+        while not (locks.exists() and any(locks.iterdir())):
+            assert first.poll() is None, "the first snakemake ended before taking its lock"
+            assert time.time() < deadline, "no lock within 240 s"
+            time.sleep(0.1)
+        second = snakemake(target, cwd=root)
+        text = second.stdout + second.stderr
+        assert second.returncode != 0 and "Directory cannot be locked" in text and "--unlock" in text, text[-2000:]
+        assert first.poll() is None, "the refused second invocation must not stop the first"
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=120)
