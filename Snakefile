@@ -36,6 +36,12 @@ except ConfigError as e:
     sys.exit(f"ConfigError: {e}")
 
 
+# Strict numerics (config key strict_numerics): every job pins its CPU code paths at start (metarepro.numerics).
+if config.get("strict_numerics"):
+    os.environ["METAREPRO_STRICT_NUMERICS"] = "1"
+    config["threads"] = 1
+
+
 report: "workflow/report/workflow.rst"
 
 

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .numerics import apply_strict
 from .utils import MetareproError
 
 
@@ -191,6 +192,7 @@ def stop_on_signals() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     stop_on_signals()
+    apply_strict()     # before torch runs anything: pins the CPU code paths when strict numerics are asked for
     if argv[:1] == ["report"]:
         from .report.cli import main as report_main
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import addons
+from . import addons, numerics
 from . import data as datasets
 from .config import RunConfig
 from .methods.base import MetaLearner
@@ -74,7 +74,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
     set_threads(threads)
     device = resolve_device(device)
-    set_determinism(bool(run.train.get("deterministic", False)))
+    set_determinism(bool(run.train.get("deterministic", False)) or numerics.strict_requested())
     out = Path(run.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -183,6 +183,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
              "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
              "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device,
+             "numerics": numerics.describe(),
              # the input normalisation the model was trained with (cross-domain evaluation applies it to the target)
              "normalization": datasets.normalization(run.dataset, run.data_dir),
              "input_shape": list(datasets.input_shape(run.dataset, run.data_dir))}

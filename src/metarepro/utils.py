@@ -85,9 +85,11 @@ def peak_memory_mb() -> float:
 
 
 def set_threads(n: int) -> None:
+    """Intra-op threads of this job (one under strict numerics: reductions then split the same way everywhere)."""
     import torch
 
-    torch.set_num_threads(max(1, int(n)))
+    from .numerics import strict_requested
+    torch.set_num_threads(1 if strict_requested() else max(1, int(n)))
     with contextlib.suppress(RuntimeError):  # may only be set once per process
         torch.set_num_interop_threads(1)
 

@@ -564,6 +564,22 @@ def read_run_config(path: str | os.PathLike) -> Any:
         raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
 
 
+def numerics_note(evals: list[dict]) -> str:
+    """A warning when the table's runs were computed under different numerics (CPU ISA, library versions, strict
+    mode): their rows are then comparable statistically, not bit for bit. Empty when they agree."""
+    from ..numerics import signature
+
+    groups: dict[tuple, list[str]] = {}
+    for ev in evals:
+        groups.setdefault(signature(ev.get("numerics")), []).append(ev["_path"])
+    if len(groups) < 2:
+        return ""
+    parts = [f"{' / '.join(str(x) for x in sig)} ({len(paths)} runs, e.g. {paths[0]})" for sig, paths in groups.items()]
+    return ("\n- **Mixed numerics:** these rows were computed under different CPU code paths or library versions ("
+            + "; ".join(parts) + "). Differences between them include floating-point effects, not only the "
+            "methods; re-run with `strict_numerics: true` for bit-identical numbers on any AVX2 machine.\n")
+
+
 def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
                paper_path: str | os.PathLike | None) -> tuple[Path, Path]:
     """Write `out_md` and the CSV beside it (same stem); return both paths."""
@@ -575,5 +591,6 @@ def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLik
     rows, cited = build_rows(evals, paper)
     out_csv = out_md.with_suffix(".csv")
     write_text_atomic(out_csv, render_csv(rows))
-    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)"))
+    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)")
+                      + numerics_note(evals))
     return out_md, out_csv
