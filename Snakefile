@@ -15,9 +15,9 @@ configfile: "config/config.yaml"
 
 
 # glibc malloc settings for the torch jobs this workflow starts (they inherit Snakemake's environment): keep
-# freed tensor buffers in the heap instead of handing them back to the OS after every step. Without them each
-# job spends ~25% of its time in the kernel re-faulting pages; with them Omniglot MAML meta-training runs ~1.25x
-# and evaluation ~1.4x faster on 2 cores (see README). A value the user set wins; other libcs ignore them.
+# freed tensor buffers in the heap instead of handing them back to the OS after every step, which otherwise makes
+# every job re-fault its pages (measurements: benchmarks/README.md). A value the user set wins; other libcs
+# ignore them.
 for _var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
     os.environ.setdefault(_var, "17179869184")
 
@@ -34,6 +34,12 @@ try:
     config.update(validate_config(_config, source=" + ".join(_files)))
 except ConfigError as e:
     sys.exit(f"ConfigError: {e}")
+
+
+# Strict numerics (config key strict_numerics): every job pins its CPU code paths at start (metarepro.numerics).
+if config.get("strict_numerics"):
+    os.environ["METAREPRO_STRICT_NUMERICS"] = "1"
+    config["threads"] = 1
 
 
 report: "workflow/report/workflow.rst"

@@ -9,9 +9,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
+from .numerics import apply_strict
 from .utils import MetareproError
 
 
@@ -73,7 +75,7 @@ def _pretrain_config(args: argparse.Namespace):
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain
 
-    pretrain(_pretrain_config(args), threads=args.threads, progress=not args.no_progress, device=args.device)
+    pretrain(_pretrain_config(args), threads=args.threads, progress=not args.no_progress, device=_device(args))
     return 0
 
 
@@ -81,7 +83,7 @@ def cmd_metatrain(args: argparse.Namespace) -> int:
     from .train import metatrain
 
     run = _run_config(args)
-    metatrain(run, threads=args.threads, progress=not args.no_progress, device=args.device)
+    metatrain(run, threads=args.threads, progress=not args.no_progress, device=_device(args))
     return 0
 
 
@@ -91,9 +93,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = _json_arg(args.target_options, "--target-options") if args.target_options else None
     if args.target is None and (args.target_data or options):
         raise MetareproError("--target-data and --target-options belong to a cross-domain evaluation: give --target")
-    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=args.device, shots=args.shots,
+    evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=_device(args), shots=args.shots,
              target=args.target, target_dir=args.target_data, target_options=options)
     return 0
+
+
+GPUS_HELP = ("GPUs the scheduler gave this job (what the Snakemake rules pass): > 0 requires CUDA (the job fails at "
+             "start without it), 0 runs on the CPU; overrides --device")
+
+
+def _device(args: argparse.Namespace) -> str:
+    if args.gpus is None:
+        return args.device
+    if args.gpus < 0:
+        raise MetareproError(f"--gpus must be >= 0, got {args.gpus}")
+    return "cuda" if args.gpus > 0 else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    t.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
     t.set_defaults(func=cmd_pretrain)
 
     for name, fn, helptext in (("metatrain", cmd_metatrain, "meta-train one run (resumes from its checkpoint)"),):
@@ -137,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--threads", type=int, default=1)
         m.add_argument("--no-progress", action="store_true")
         m.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+        m.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
         m.set_defaults(func=fn)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on the fixed test episodes -> eval.json")
@@ -144,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--device", default="auto", help="auto (cuda if visible), cpu or cuda")
+    e.add_argument("--gpus", type=int, default=None, help=GPUS_HELP)
     e.add_argument("--shots", type=int, default=None,
                    help="test on the fixed SHOTS-shot episodes instead of the training shots -> eval_{SHOTS}shot.json")
     e.add_argument("--target", default=None,
@@ -159,8 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_on_signals() -> None:
+    """Stop on SIGINT and SIGTERM even when started with them ignored: a non-interactive shell starts background
+    jobs with SIGINT ignored, and Python keeps an inherited "ignore" (it installs its KeyboardInterrupt handler only
+    over the default), as do nohup and some batch systems. Both now raise KeyboardInterrupt, which unwinds the job
+    without writing its outputs (every write is atomic) and leaves the last resume checkpoint in place."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    stop_on_signals()
+    apply_strict()     # before torch runs anything: pins the CPU code paths when strict numerics are asked for
     if argv[:1] == ["report"]:
         from .report.cli import main as report_main
         try:
@@ -173,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc or 'SIGINT'}): nothing was written; a training job keeps its last checkpoint "
+              "and resumes from it when rerun", file=sys.stderr)
+        return 130
     except (MetareproError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

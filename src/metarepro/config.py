@@ -19,8 +19,9 @@ from jsonschema import Draft7Validator, validators
 
 from .utils import MetareproError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Package data, so a non-editable install validates configs too; workflow/schemas/config.schema.yaml (where the
+# Snakemake layout puts it) is a symlink to this file.
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 class ConfigError(MetareproError):
@@ -537,3 +538,12 @@ def iter_cross_domain(cfg: dict, experiments: Iterable[str] | None = None) -> li
             if run.shots in (target.get("shots") or [run.shots]) and run.method in (target.get("methods") or [run.method]):
                 out.append((run, target["dataset"]))
     return out
+
+
+def experiment_gpus(cfg: dict, experiment: str) -> int:
+    """GPUs a training or evaluation job of `experiment` asks for: its own `gpu`, else the top-level `gpu` for
+    image datasets and 0 for sinusoid (data preparation and reports never ask for one)."""
+    exp = cfg["experiments"][experiment]
+    if exp.get("gpu") is not None:
+        return int(exp["gpu"])
+    return 0 if exp["dataset"] == "sinusoid" else int(cfg.get("gpu", 0))

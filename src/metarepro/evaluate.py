@@ -17,7 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from .train import load_learner, mean_ci
+from . import numerics
+from .runtime import load_learner
+from .stats import mean_ci95 as mean_ci
 from .classes import overlap, overlap_error
 from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
 
@@ -104,6 +106,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         "peak_memory_mb": peak_memory_mb(),
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         "device": device,
+        "numerics": numerics.describe(),    # CPU, ISA in use, library versions, strict-mode settings
         "git_revision": git_revision(),
         "checkpoint": {"iteration": state["best_iteration"], "val_mean": state["val_mean"],
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},

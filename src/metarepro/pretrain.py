@@ -34,10 +34,14 @@ from . import models
 from .config import PretrainConfig
 from .data.store import ImageSplit
 from .methods.protonet import class_means
-from .train import load_resume_state, mean_ci, write_outputs
-from .utils import MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads
+from .runtime import load_backbone, load_resume_state, write_outputs
+from .stats import mean_ci95
+from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
+                    set_rng_state, set_threads)
 
 log = logging.getLogger("metarepro.pretrain")
+
+__all__ = ["pretrain", "load_backbone", "build_classifier", "fewshot_accuracy", "LOG_FIELDS"]
 
 LOG_FIELDS = ["step", "epoch", "loss", "accuracy", "val_mean", "val_ci95", "lr", "elapsed_s"]
 LOG_EVERY = 50      # steps per train_log.csv row (loss and accuracy are means over those steps)
@@ -99,7 +103,7 @@ def fewshot_accuracy(features: nn.Module, episodes: Any, n: int, device: str) ->
             protos = F.normalize(class_means(features(task.x_support), task.y_support, ways), dim=1)
             pred = (F.normalize(features(task.x_query), dim=1) @ protos.t()).argmax(1)
             scores.append(float((pred == task.y_query).float().mean()) * 100.0)
-    return mean_ci(scores)
+    return mean_ci95(scores)
 
 
 def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, device: str = "auto") -> Path:
@@ -113,8 +117,8 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     ckpt_path = out / "checkpoints" / "last.pt"
     pt = cfg.pretrain
     spec = datasets.get(cfg.dataset)
-    split = datasets._split(str(Path(cfg.data_dir)), "train")
-    stats = datasets._train_stats(str(Path(cfg.data_dir))) if spec.normalize else (None, None)
+    split = datasets.cached_split(str(Path(cfg.data_dir)), "train")
+    stats = datasets.train_stats(str(Path(cfg.data_dir))) if spec.normalize else (None, None)
     images = TrainImages(split, bool(cfg.dataset_args.get("rotations", False)), *stats)
     schedule = BatchSchedule(images.size, pt["batch_size"], cfg.seed)
     total = max(1, math.ceil(pt["epochs"] * images.size / pt["batch_size"]))
@@ -134,7 +138,7 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
         start, rows, acc, best, elapsed_before = (state["step"], state["rows"], state["acc"], state["best"],
                                                   state["elapsed_s"])
         log.info("resuming %s from step %d", out, start)
@@ -178,7 +182,7 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
         if done % pt["checkpoint_every"] == 0 and done < total:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"config": cfg.to_dict(), "step": done, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "rows": rows,
+                            "optimizer": optimizer.state_dict(), "rng": rng_state(device), "rows": rows,
                             "acc": acc, "best": best, "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     wall = time.perf_counter() - t0
@@ -197,17 +201,3 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     log.info("done %s in %.1fs (best val %.2f at step %d of %d)", out, wall, best["val_mean"] or float("nan"),
              best["step"], total)
     return out / "backbone.pt"
-
-
-def load_backbone(model: nn.Module, path: str | Path, backbone: str, backbone_args: dict) -> dict:
-    """Copy the pretrained features in `path` (a pretrain stage's backbone.pt) into `model.features`."""
-    path = Path(path)
-    if not path.exists():
-        raise MetareproError(f"pretrained backbone {path} not found: run `python -m metarepro pretrain` for it "
-                             "(or `snakemake`, which schedules it) first")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if (state["backbone"], dict(state["backbone_args"])) != (backbone, dict(backbone_args)):
-        raise MetareproError(f"{path} holds backbone {state['backbone']} {state['backbone_args']}, but the run uses "
-                             f"{backbone} {backbone_args}")
-    model.features.load_state_dict(state["features"])
-    return state

@@ -7,8 +7,6 @@ Checkpoint selection: the weights with the best validation score (fixed validati
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import sys
@@ -20,29 +18,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import addons, numerics
 from . import data as datasets
-from . import addons, methods, models
 from .config import RunConfig
 from .methods.base import MetaLearner
-from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, set_threads,
-                    write_text_atomic, write_yaml_atomic)
+from .pretrain import load_backbone
+from .runtime import build_learner, load_learner, load_resume_state, write_outputs
+from .stats import mean_ci95
+from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
+                    set_determinism, set_rng_state, set_threads)
 
 log = logging.getLogger("metarepro.train")
+
+__all__ = ["metatrain", "validate", "load_learner", "build_learner", "LOG_FIELDS"]
 
 # val_inner_loss(_var): mean and variance over the validation episodes of the support loss after adaptation
 # skipped: 1 where the meta-step was skipped because a gradient was inf/NaN (a diverging inner loop)
 LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "val_inner_loss", "val_inner_loss_var",
               "lr", "skipped", "elapsed_s"]
 VAL_SPLIT = "val"
-
-
-def build_learner(run: RunConfig) -> MetaLearner:
-    """Backbone + method for a run; initial weights are a function of the run seed only."""
-    spec = datasets.get(run.dataset)
-    torch.manual_seed(run.seed)
-    out_dim = 1 if spec.task_type == "regression" else run.ways
-    model = models.build(run.backbone, datasets.input_shape(run.dataset, run.data_dir), out_dim, **run.backbone_args)
-    return methods.build(run.method, model, spec.task_type, **run.method_args)
 
 
 def higher_is_better(learner: MetaLearner) -> bool:
@@ -57,14 +51,6 @@ def improves(new: float, best: float, higher: bool) -> bool:
     return math.isnan(best) or (new > best if higher else new < best)
 
 
-def mean_ci(scores: list[float] | np.ndarray) -> tuple[float, float]:
-    """Mean and 95% confidence half-width (1.96 * std / sqrt(n), the protocol of Finn et al.)."""
-    a = np.asarray(scores, dtype=np.float64)
-    if a.size < 2:
-        return float(a.mean()), float("nan")
-    return float(a.mean()), float(1.96 * a.std(ddof=1) / math.sqrt(a.size))
-
-
 def validate(learner: MetaLearner, episodes: Any, n: int, steps: int,
              device: str = "cpu") -> tuple[float, float, float, float]:
     """(mean, 95% CI) of the query score after `steps` inner steps over `n` fixed episodes, and the mean and
@@ -74,7 +60,7 @@ def validate(learner: MetaLearner, episodes: Any, n: int, steps: int,
     scored = [learner.score_task(episodes.episode(i).to(device), steps) for i in range(n)]
     learner.train(was_training)
     inner = np.array([s[1] for s in scored], dtype=np.float64)
-    return (*mean_ci([s[0] for s in scored]), float(inner.mean()),
+    return (*mean_ci95([s[0] for s in scored]), float(inner.mean()),
             float(inner.var(ddof=1)) if inner.size > 1 else float("nan"))
 
 
@@ -84,44 +70,11 @@ def _val_episodes(run: RunConfig):
                              ev["queries"], datasets.eval_seed(ev["seed"], run.dataset, VAL_SPLIT, run.ways, run.shots))
 
 
-def load_resume_state(ckpt_path: Path, key: str, expected: dict) -> dict | None:
-    """The resume checkpoint at `ckpt_path`, or None when there is none or when its `key` entry (the config it
-    was written for) differs from `expected`: the config changed since the job was killed, so the checkpoint
-    belongs to other hyperparameters and is deleted (with a warning) instead of silently resumed."""
-    if not ckpt_path.exists():
-        return None
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if state.get(key) != expected:
-        log.warning("discarding %s: it was written for a different %s config", ckpt_path, key)
-        ckpt_path.unlink()
-        return None
-    return state
-
-
-def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list[dict], config: dict, wall: float,
-                  ckpt_path: Path, **provenance: Any) -> None:
-    """Finish a training job: train_log.csv, config.yaml (the config + provenance) and the artifact (`final`,
-    saved with torch), each written atomically with the artifact last, then drop the resume checkpoint."""
-    out = artifact.parent
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=log_fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "train_log.csv", buf.getvalue())
-    write_yaml_atomic(out / "config.yaml", {**config, "provenance": {
-        "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
-        "peak_memory_mb": round(final["peak_memory_mb"], 1), "device": final.get("device", "cpu"), **provenance}})
-    with atomic_path(artifact) as tmp:
-        torch.save(final, tmp)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
-
-
 def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, device: str = "auto") -> Path:
     """Meta-train one run into run.run_dir: model.pt, train_log.csv, config.yaml (all written atomically)."""
     set_threads(threads)
     device = resolve_device(device)
+    set_determinism(bool(run.train.get("deterministic", False)) or numerics.strict_requested())
     out = Path(run.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoints" / "last.pt"
@@ -131,7 +84,6 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         if not run.pretrained:
             raise MetareproError(f"method {run.method!r} starts from a pretrained backbone, but the run config has no "
                                  "'pretrained' path (metarepro.config.resolve_run fills it in)")
-        from .pretrain import load_backbone   # the pretrain stage imports this module
         load_backbone(learner.model, run.pretrained, run.backbone, run.backbone_args)
     learner.train()
     trainable = [p for p in learner.parameters() if p.requires_grad]
@@ -167,7 +119,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
         start, rows, best, elapsed_before = state["iteration"], state["rows"], state["best"], state["elapsed_s"]
         log.info("resuming %s from iteration %d", out, start)
 
@@ -214,7 +166,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "addons": extras.terms.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None, "sampler": sampler.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "rows": rows, "best": best,
+                            "rng": rng_state(device), "rows": rows, "best": best,
                             "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     if total == 0:
@@ -231,6 +183,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              "best_iteration": best["iteration"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
              "iterations": total, "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(),
              "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": device,
+             "numerics": numerics.describe(),
              # the input normalisation the model was trained with (cross-domain evaluation applies it to the target)
              "normalization": datasets.normalization(run.dataset, run.data_dir),
              "input_shape": list(datasets.input_shape(run.dataset, run.data_dir))}
@@ -245,12 +198,3 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     log.info("done %s in %.1fs (best val %.4f at iteration %d)", out, wall, best["val_mean"] or float("nan"),
              best["iteration"])
     return out / "model.pt"
-
-
-def load_learner(model_path: str | Path, device: str = "cpu") -> tuple[MetaLearner, RunConfig, dict]:
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
-    run = RunConfig.from_dict(state["run"])
-    learner = build_learner(run).to(device)
-    learner.load_state_dict(state["state"])
-    learner.eval()
-    return learner, run, state

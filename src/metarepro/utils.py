@@ -85,21 +85,65 @@ def peak_memory_mb() -> float:
 
 
 def set_threads(n: int) -> None:
+    """Intra-op threads of this job (one under strict numerics: reductions then split the same way everywhere)."""
     import torch
 
-    torch.set_num_threads(max(1, int(n)))
+    from .numerics import strict_requested
+    torch.set_num_threads(1 if strict_requested() else max(1, int(n)))
     with contextlib.suppress(RuntimeError):  # may only be set once per process
         torch.set_num_interop_threads(1)
 
 
 def resolve_device(name: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. 'cuda' (what a job that was given a GPU asks for) is
+    checked at job start: a CPU-only torch or no visible device fails loudly instead of training on the CPU."""
     import torch
 
+    if name not in ("auto", "cpu", "cuda"):
+        raise MetareproError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MetareproError("--device cuda was requested but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise MetareproError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda":
+        if torch.version.cuda is None:
+            raise MetareproError(f"--device cuda: this torch ({torch.__version__}) is a CPU-only build; install a "
+                                 "CUDA build (environment.cuda.yml, or pip's CUDA wheel index) on GPU nodes")
+        if not torch.cuda.is_available():
+            raise MetareproError(f"--device cuda: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
+                                 f"device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}); "
+                                 "was the job given a GPU?")
     return name
+
+
+def rng_state(device: str) -> dict:
+    """The RNG states a resumed run must restore to continue exactly: torch's CPU generator, and on a GPU the
+    CUDA generators of every device."""
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if device == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, device: str) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"].cpu())
+    if device == "cuda":
+        if "cuda" not in state:
+            raise MetareproError("the resume checkpoint was written on the CPU and holds no CUDA RNG state; "
+                                 "resume it on the CPU (--device cpu) or delete it to restart on the GPU")
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def set_determinism(on: bool) -> None:
+    """With `on`, every torch op takes its deterministic implementation (and errors where none exists), so a
+    GPU run repeats bit for bit; costs speed on GPUs (cuDNN's fastest kernels are non-deterministic), nothing
+    measurable on CPU. CUBLAS_WORKSPACE_CONFIG must be set before CUDA initialises."""
+    import torch
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(on))
+    torch.backends.cudnn.deterministic = bool(on)
+    torch.backends.cudnn.benchmark = False

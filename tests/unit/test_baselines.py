@@ -78,3 +78,55 @@ def test_baselines_declare_pretraining_and_nothing_to_meta_train():
         assert METHODS[name].needs_pretrained and not METHODS[name].meta_trainable
     for name in ("protonet", "matchingnet", "maml"):
         assert not METHODS[name].needs_pretrained and METHODS[name].meta_trainable
+
+
+class BNEmbed(torch.nn.Module):
+    """features = Linear -> BatchNorm1d (batch statistics only), so the batch a sample is embedded in matters."""
+
+    def __init__(self, ways: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Linear(4, 5).double(),
+                                            torch.nn.BatchNorm1d(5, track_running_stats=False).double())
+        self.feature_dim = 5
+        self.head = torch.nn.Linear(5, ways).double()
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("method, hp", [("protonet", {}), ("matchingnet", {}), ("nearest_neighbor", {}),
+                                        ("finetune", {"steps": 3, "lr": 0.1, "head_only": True})])
+def test_baselines_embed_support_and_query_in_one_batch(method, hp):
+    """Batch norm sees all S + Q images (transductive): the support's features are those of the joint batch, not
+    of a 1-shot support set alone; transductive=False keeps the separate batches."""
+    (xs, ys, xq, yq), task = _task()
+    model = BNEmbed()
+    learner = build(method, model, "classification", **hp)
+    learner.eval()
+    z = model.features(torch.cat([task.x_support, task.x_query])).detach()
+    zs, zq = z[: len(xs)], z[len(xs):]
+    got = learner.adapt(task)(task.x_query)
+    if method == "protonet":
+        protos = torch.stack([zs[task.y_support == k].mean(0) for k in range(3)])
+        want = -((zq[:, None] - protos[None]) ** 2).sum(-1)
+    elif method == "matchingnet":
+        att = (torch.nn.functional.normalize(zq, dim=1) @ torch.nn.functional.normalize(zs, dim=1).t()).softmax(1)
+        want = (att @ torch.nn.functional.one_hot(task.y_support, 3).double()).log()
+    elif method == "nearest_neighbor":
+        sims = torch.nn.functional.normalize(zq, dim=1) @ torch.nn.functional.normalize(zs, dim=1).t()
+        want = torch.stack([sims[:, task.y_support == k].amax(1) for k in range(3)], 1)
+    else:
+        w, b = model.head.weight.detach().clone(), model.head.bias.detach().clone()
+        for _ in range(3):
+            w.requires_grad_(True); b.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(zs @ w.t() + b, task.y_support)
+            gw, gb = torch.autograd.grad(loss, [w, b])
+            w, b = (w - 0.1 * gw).detach(), (b - 0.1 * gb).detach()
+        want = zq @ w.t() + b
+        assert learner.evaluate_task(task, every_step=False)[0] == pytest.approx(
+            100.0 * float((want.argmax(1) == task.y_query).double().mean()))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    separate = build(method, BNEmbed(), "classification", transductive=False, **hp)
+    separate.eval()
+    assert not torch.allclose(separate.adapt(task)(task.x_query), want, atol=1e-3)

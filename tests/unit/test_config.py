@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -324,3 +325,22 @@ def test_saved_configs_name_unknown_and_missing_keys(cls: str) -> None:
         klass.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match=r"is missing keys \[.*'dataset'"):
         klass.from_dict({})
+
+
+def test_non_editable_install_validates_configs(tmp_path: Path) -> None:
+    """The schema ships as package data: a wheel installed elsewhere (no checkout beside it) validates a config."""
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.skip("building the wheel needs setuptools in this environment")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("metarepro-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    code = ("import metarepro.config as c, sys; assert str(c.__file__).startswith(sys.argv[1]), c.__file__; "
+            "c.validate_config({'experiments': {'e': {'dataset': 'omniglot', 'backbone': 'conv4', 'ways': 5, "
+            "'shots': [1], 'methods': {'maml+cml': {}}}}}); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": os.environ.get("PATH", "")})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

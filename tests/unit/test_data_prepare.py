@@ -285,3 +285,16 @@ def test_real_mirror_omniglot(tmp_path: Path) -> None:
     assert x["train"].class_names[0] == "Angelic/character01" and x["test"].class_names[0] == "Gurmukhi/character42"
     corners = x["test"].images[:, [0, 0, -1, -1], [0, -1, 0, -1], 0]
     assert (corners == 0).mean() > 0.99 and 5 < x["test"].images.mean() < 60   # paper 0, ink 255
+
+
+def test_prepare_refuses_splits_that_share_classes(tmp_path: Path) -> None:
+    import numpy as np
+
+    from metarepro.data.store import write_dataset
+    from metarepro.utils import MetareproError
+    img = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    splits = {"train": (img, np.array([0, 1]), ["cat", "dog"]), "val": (img, np.array([0, 1]), ["owl", "eel"]),
+              "test": (img, np.array([0, 1]), ["dog", "cat"])}
+    with pytest.raises(MetareproError, match=r"train and test share 2 class\(es\): cat, dog"):
+        write_dataset(tmp_path / "d", "toy", splits, {}, "test")
+    assert not (tmp_path / "d").exists()

@@ -44,7 +44,8 @@ def test_metalstm_gates_are_those_of_the_scored_curve_episodes(tmp_path):
 
     from metarepro import data as datasets
     from metarepro.evaluate import TEST_SPLIT, evaluate
-    from metarepro.train import load_learner, mean_ci
+    from metarepro.stats import mean_ci95 as mean_ci
+    from metarepro.train import load_learner
     run_dir = _trained(tmp_path, ("metalstm", {"inner_steps": 3, "hidden_size": 4}), curve_episodes=4)
     ev = json.loads(evaluate(run_dir, progress=False).read_text())
     gates = ev["gates"]

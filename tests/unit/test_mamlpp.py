@@ -165,7 +165,7 @@ def test_per_step_bn_selects_weights_by_step_and_routes_gradients():
     W, c = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
     learner = MAMLpp(net, "classification", inner_steps=2, lslr=False, multi_step_loss=False,
                      derivative_order_annealing=False, inner_lr=0.3)
-    gam = np.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.2]]); bet = np.array([[0.0, 0.1], [-0.3, 0.4], [1.0, -2.0]])
+    gam = np.array([[1.0, 2.0], [0.5, -1.0]]); bet = np.array([[0.0, 0.1], [-0.3, 0.4]])   # N = 2 slots
     with torch.no_grad():
         learner.bn_weight["1"].copy_(torch.tensor(gam)); learner.bn_bias["1"].copy_(torch.tensor(bet))
     assert set(learner.init_params()) == {"0.weight", "0.bias"} and not net[1].weight.requires_grad
@@ -174,19 +174,24 @@ def test_per_step_bn_selects_weights_by_step_and_routes_gradients():
     h = x.numpy() @ W.T + c
     norm = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)          # transductive BN: biased batch variance
     for step in range(5):
-        s = min(step, 2)                                        # steps past inner_steps reuse the last slot
+        s = min(step, 1)                                        # steps past the last slot reuse it
         out = learner.forward_with(learner.init_params(), x, step).detach().numpy()
         np.testing.assert_allclose(out, norm * gam[s] + bet[s], atol=1e-6)
+    # the official indexing: the query after k updates uses the slot of the k-th update's step (k - 1)
+    assert [learner.query_slot(k) for k in range(4)] == [0, 0, 1, 2]
+    learned = learner.adapt(Task(x, torch.tensor([0, 1, 0, 1, 0, 1]), x[:4], torch.tensor([1, 0, 1, 0])))
+    assert learned.step == 2
+    torch.testing.assert_close(learned(x), learner.forward_with(learned.params, x, 1))
     task = Task(x, torch.tensor([0, 1, 0, 1, 0, 1]), x[:4], torch.tensor([1, 0, 1, 0]))
-    for first_order, inner_rows_used in [(True, False), (False, True)]:
+    for first_order, slot0_used in [(True, False), (False, True)]:
         learner.zero_grad(set_to_none=True)
         learner.first_order = first_order
         learner.train()
         learner.meta_loss(task)[0].backward()
         gw = learner.bn_weight["1"].grad
-        assert gw[2].abs().sum() > 0                           # the query after 2 updates uses slot 2
-        # slots 0, 1 act only through the support gradients: no meta-gradient in first order
-        assert (gw[:2].abs().sum() > 0) == inner_rows_used
+        assert gw[1].abs().sum() > 0                           # the query after 2 updates uses slot 1
+        # slot 0 acts only through the support gradient of step 0: no meta-gradient in first order
+        assert (gw[0].abs().sum() > 0) == slot0_used
 
 
 def test_per_step_running_statistics_where_the_backbone_tracks_them():
@@ -201,7 +206,7 @@ def test_per_step_running_statistics_where_the_backbone_tracks_them():
     mean, var = learner.bn_stats.get_buffer("1__mean"), learner.bn_stats.get_buffer("1__var")
     np.testing.assert_allclose(mean[1].numpy(), 0.1 * h.mean(0), atol=1e-6)
     np.testing.assert_allclose(var[1].numpy(), 0.9 + 0.1 * h.var(0, ddof=1), atol=1e-6)
-    assert torch.all(mean[0] == 0) and torch.all(mean[2] == 0) and torch.all(var[0] == 1)
+    assert torch.all(mean[0] == 0) and torch.all(var[0] == 1) and mean.shape[0] == 2
     learner.eval()                                               # evaluation normalises with slot s's statistics
     out = learner.forward_with(learner.init_params(), x, 1).detach().numpy()
     np.testing.assert_allclose(out, (h - mean[1].numpy()) / np.sqrt(var[1].numpy() + 1e-5), atol=1e-6)
@@ -247,3 +252,18 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     clone.load_state_dict(learner.state_dict())
     clone.eval()
     assert clone.evaluate_task(task) == scores and clone.epoch == learner.epoch == 3
+
+
+def test_bnrs_is_reachable_from_the_config():
+    """backbone_args bn_running_stats: true gives MAML++ per-step running statistics (N slots per BN layer)."""
+    from metarepro import methods, models
+    from metarepro.config import resolve_run, validate_config
+    cfg = validate_config({"experiments": {"e": {
+        "dataset": "omniglot", "backbone": "conv4", "backbone_args": {"filters": 4, "bn_running_stats": True},
+        "ways": 5, "shots": [1], "methods": {"mamlpp": {"inner_steps": 3}}}}})
+    run = resolve_run(cfg, "e", "mamlpp", 1, 0)
+    learner = methods.build("mamlpp", models.build("conv4", (1, 28, 28), 5, **run.backbone_args), "classification",
+                            **run.method_args)
+    stats = dict(learner.bn_stats.named_buffers())
+    assert len(stats) == 8 and all(v.shape == (3, 4) for v in stats.values())
+    assert learner.bn_weight["features__0__1"].shape == (3, 4)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from metarepro.methods import build
+from metarepro.methods.base import Task
+from metarepro.methods.matchingnet import MatchingNet
 from test_protonet import LinearEmbed, _task
 
 
@@ -127,3 +129,33 @@ def test_full_context_embeddings_match_hand_lstms_and_finite_differences():
             assert grads[name][idx] == pytest.approx(fd, abs=1e-6), (name, idx)
     assert np.abs(grads["query_lstm.hr2gates.weight"]).max() > 1e-4
     assert np.abs(grads["support_lstm.weight_ih_l0_reverse"]).max() > 1e-4
+
+
+def test_fce_reads_the_support_set_in_an_order_shuffled_with_the_episode_seed():
+    """Episodes list support examples sorted by class; under FCE the LSTM reads them in a per-episode permutation,
+    and g is returned in the original row order (so it still lines up with the labels)."""
+    torch.manual_seed(0)
+    learner = build("matchingnet", LinearEmbed(np.random.default_rng(0).normal(size=(4, 4))), "classification",
+                    fce=True, fce_steps=2)
+    _, t = _task()
+    task = Task(t.x_support, t.y_support, t.x_query, t.y_query, info={"episode_key": (0, 7)})
+    n = len(t.y_support)
+    order = MatchingNet.support_order(task)
+    assert sorted(order.tolist()) == list(range(n)) and order.tolist() != list(range(n))
+    assert torch.equal(order, MatchingNet.support_order(task))                       # fixed per episode
+    others = [MatchingNet.support_order(Task(t.x_support, t.y_support, t.x_query, t.y_query,
+                                             info={"episode_key": (0, i)})) for i in range(8, 12)]
+    assert any(not torch.equal(order, o) for o in others)
+    z = learner.embed(t.x_support)
+    g = learner.encode_support(z, order)
+    out, _ = learner.support_lstm(z[order].unsqueeze(1))
+    fwd, bwd = out.squeeze(1).chunk(2, dim=1)
+    torch.testing.assert_close(g, (fwd + bwd + z[order])[torch.argsort(order)], atol=1e-12, rtol=0)
+    assert MatchingNet.support_order(t) is None                                       # no episode key: as given
+    # image episodes carry their key
+    from metarepro.data.episodes import ImageEpisodes
+    from metarepro.data.store import ImageSplit
+    imgs = np.zeros((30, 4, 4, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(5), 6)
+    split = ImageSplit(imgs, labels, np.array(list("abcde")), [np.where(labels == c)[0] for c in range(5)])
+    assert ImageEpisodes(split, 3, 1, 2, seed=4).episode(9).info == {"episode_key": (4, 9)}

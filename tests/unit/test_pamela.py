@@ -33,13 +33,14 @@ def _mse_parts(x, y):
 
 HS, CS = _mse_parts(X, Y)
 HQ, CQ = _mse_parts(U, V)
-Q = [np.array([0.05, 0.03]), np.array([0.08, 0.02]), np.array([0.04, 0.06])]   # Q_0, Q_1, Q_2 for (w, b)
+Q = [np.array([0.05, 0.03]), np.array([0.08, 0.02]), np.array([0.04, 0.06]),   # Q_0 .. Q_4 for (w, b)
+     np.array([0.07, 0.05]), np.array([0.03, 0.09])]
 P = [np.array([0.3, 0.6]), np.array([0.2, 0.45])]                              # P_0, P_1 for (w, b)
 
 
-def _build(steps, q_mode="per_step", skip=True, window=2, **kw):
+def _build(steps, q_mode="per_step", skip=True, window=2, skip_mode="window", **kw):
     m = PAMELA(Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=steps, q_mode=q_mode, skip=skip,
-               skip_window=window, **kw)
+               skip_window=window, skip_mode=skip_mode, **kw)
     with torch.no_grad():
         for j, qd in enumerate(m.q):
             qd["w"].fill_(np.log(Q[j][0] / 0.01)); qd["b"].fill_(np.log(Q[j][1] / 0.01))   # Q = 0.01 exp(rho)
@@ -148,16 +149,44 @@ def test_eval_beyond_trained_windows_reuses_last_p():
     np.testing.assert_allclose(got[-1], th, atol=1e-6, rtol=0)
 
 
+def test_paper_skips_five_steps_window_2_by_hand():
+    """The paper's indexing: a skip at steps j with j % w == 0 and j >= w mixes theta_{j-w} into theta_{j+1}:
+    with 5 steps and w = 2, theta_3 mixes with theta_0 (gate P_0) and theta_5 with theta_2 (gate P_1)."""
+    m = _build(5, window=2, skip_mode="paper")
+    assert m.skip_steps(5) == [2, 4] and len(m.p_raw) == 2
+    th = [TH0]
+    for j in range(5):
+        u = th[j] - Q[j] * (HS @ th[j] - CS)
+        if j == 2:
+            u = (1 - P[0]) * u + P[0] * th[0]
+        if j == 4:
+            u = (1 - P[1]) * u + P[1] * th[2]
+        th.append(u)
+    got = [_theta(lr) for lr in m.adapt_trajectory(_task(), 5, create_graph=True)]
+    np.testing.assert_allclose(np.array(got), np.array(th), atol=1e-6, rtol=0)
+    # the loss is a function of the whole trajectory: P_0 and P_1 both get a gradient
+    loss, _ = m.meta_loss(_task())
+    loss.backward()
+    _, _, d_p = _grads(m)
+    assert all(np.abs(g).max() > 0 for g in d_p)
+    # fewer than w + 1 steps: no skip in the paper's indexing (theta_{j-w} does not exist yet)
+    assert _build(2, window=2, skip_mode="paper").p_raw.__len__() == 0
+    with pytest.raises(ValueError, match="skip_mode"):
+        _build(2, skip_mode="residual")
+
+
 def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     torch.manual_seed(0)
-    m = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3)
+    m = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3,
+               skip_mode="window")
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     q0 = m.q[0]["head__weight"].detach().clone(); p0 = m.p_raw[0]["head__bias"].detach().clone()
     for _ in range(2):
         stats = m.meta_step(random_image_tasks(1, queries=2), opt, grad_clip=10.0)
         assert np.isfinite(stats["loss"])
     assert not torch.equal(q0, m.q[0]["head__weight"]) and not torch.equal(p0, m.p_raw[0]["head__bias"])
-    m2 = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3)
+    m2 = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3,
+                skip_mode="window")
     m2.load_state_dict(m.state_dict())
     m.eval(); m2.eval()
     task = random_image_tasks(1, queries=2, seed=1)[0]

@@ -43,11 +43,11 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         ways, per_class = max(e["ways"] for e in exps), max(max(e["shots"]) for e in exps) + 1
         channels = 1 if dataset == "omniglot" else 3
 
-        def split(n_classes: int = ways) -> tuple:
+        def split(name: str, n_classes: int = ways) -> tuple:
             labels = np.repeat(np.arange(n_classes), per_class)
             images = rng.integers(0, 256, (len(labels), IMAGE, IMAGE, channels), dtype=np.uint8)
-            return images, labels, [f"c{i}" for i in range(n_classes)]
-        out[dataset] = write_dataset(root / dataset, dataset, {s: split() for s in ("train", "val", "test")},
+            return images, labels, [f"{name}{i}" for i in range(n_classes)]     # disjoint splits, as prepare demands
+        out[dataset] = write_dataset(root / dataset, dataset, {s: split(s) for s in ("train", "val", "test")},
                                      {}, "synthetic")
     return out
 
@@ -128,6 +128,7 @@ VARIANT_SWITCHES = {
     "pamela@q_shared": {"q_mode": "shared", "skip": False},
     "pamela@q_per_step": {"q_mode": "per_step", "skip": False},
     "pamela@skip": {"q_mode": "none", "skip": True},
+    "pamela@window": {"q_mode": "per_step", "skip": True, "skip_mode": "window"},
     "mamlpp@maml": dict.fromkeys(MAMLPP_FIXES, False),
     **{f"mamlpp@{tag}": {fix: fix == on for fix in MAMLPP_FIXES}
        for tag, on in (("bn", "per_step_bn"), ("lslr", "lslr"), ("ca", "cosine_annealing"), ("msl", "multi_step_loss"),

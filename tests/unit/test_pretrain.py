@@ -28,12 +28,13 @@ def data_dir(tmp_path_factory) -> Path:
     """cifarfs-shaped (16x16x3) random images: 4 train, 3 val, 3 test classes of 10 images each."""
     rng = np.random.default_rng(0)
 
-    def split(n_classes):
+    def split(n_classes, name):
         labels = np.repeat(np.arange(n_classes), 10)
         images = (rng.random((len(labels), 16, 16, 3)) * 100 + labels[:, None, None, None] * 40).astype(np.uint8)
-        return images, labels, [f"c{i}" for i in range(n_classes)]
+        return images, labels, [f"{name}{i}" for i in range(n_classes)]
     out = tmp_path_factory.mktemp("data") / "cifarfs"
-    return write_dataset(out, "cifarfs", {"train": split(4), "val": split(3), "test": split(3)}, {}, "synthetic")
+    return write_dataset(out, "cifarfs", {"train": split(4, "train"), "val": split(3, "val"), "test": split(3, "test")},
+                         {}, "synthetic")
 
 
 def _config(data_dir: Path, out: Path, **settings) -> PretrainConfig:
@@ -79,7 +80,7 @@ def test_writes_outputs_and_resumes_after_kill_to_identical_weights(data_dir, tm
 
 
 def test_rotations_make_four_classes_per_class_like_the_episode_sampler(data_dir):
-    from metarepro.data import _split
+    from metarepro.data import cached_split as _split
     images = pretrain_mod.TrainImages(_split(str(data_dir), "train"), True, None, None)
     assert images.n_classes == 16 and images.size == 160
     x, y = images.batch(np.array([0, 1, 2, 3, 41]))          # image 0 at rotations 0..3; image 10 at rotation 1

@@ -89,7 +89,17 @@ def test_cosine_option_and_regression_is_rejected():
     zs, zq = xs @ W.T, xq @ W.T
     C = np.stack([zs[ys == k].mean(0) for k in range(3)])
     cos = (zq / np.linalg.norm(zq, axis=1, keepdims=True)) @ (C / np.linalg.norm(C, axis=1, keepdims=True)).T
-    np.testing.assert_allclose(learner.adapt(task)(task.x_query).numpy(), cos, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(learner.adapt(task)(task.x_query).numpy(), 10.0 * cos, atol=1e-6, rtol=0)
+    # the temperature is learned: d loss / d scale = sum over queries of (softmax - onehot) . cos / Q
+    learner.train()
+    loss, _ = learner.meta_loss(task)
+    (g,) = torch.autograd.grad(loss, [learner.scale])
+    p = np.exp(10 * cos - (10 * cos).max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    onehot = np.eye(3)[yq]
+    assert float(g) == pytest.approx(((p - onehot) * cos).sum() / len(yq), abs=1e-6)
+    fixed = build("protonet", LinearEmbed(W), "classification", distance="cosine", cosine_scale=3.0, learn_scale=False)
+    assert "scale" not in dict(fixed.named_parameters()) and float(fixed.scale) == 3.0
+    assert "scale" not in dict(build("protonet", LinearEmbed(W), "classification").state_dict())
     with pytest.raises(ValueError, match="classification"):
         build("protonet", LinearEmbed(W), "regression")
     with pytest.raises(ValueError, match="distance"):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from metarepro import stats
 from metarepro.report import cli, figures, tables
 from metarepro.utils import MetareproError
 
@@ -72,14 +73,13 @@ def paper(tmp_path) -> Path:
 # ----------------------------------------------------------------------------- statistics
 
 def test_t_distribution_and_wilcoxon_against_known_values():
-    assert tables.t_sf_two_sided(2.0, 10) == pytest.approx(0.073388, abs=1e-6)   # t tables
-    assert tables.t_sf_two_sided(1.0, 1) == pytest.approx(0.5, abs=1e-12)        # Cauchy: P(|T|>1) = 1/2
-    assert tables.t_quantile_975(2) == pytest.approx(4.302653, abs=1e-5)
-    assert tables.t_quantile_975(10**6) == pytest.approx(1.959966, abs=1e-5)
+    # over 3 seeds: t_{0.975, 2} = 4.302653 (t tables) times std 1 / sqrt(3)
+    assert tables.seed_mean_ci95([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.302653 / math.sqrt(3)), abs=1e-5)
+    assert tables.mean_ci95([1.0, 3.0]) == pytest.approx((2.0, 1.96 * math.sqrt(2) / math.sqrt(2)))
     # d = [1, 2, -3, 4, 0]: zero dropped, W+ = 1+2+4 = 7, mean 5, var 4*5*9/24 = 7.5
-    assert tables.wilcoxon_p([1, 2, -3, 4, 0]) == pytest.approx(math.erfc(2 / math.sqrt(7.5) / math.sqrt(2)))
+    assert stats.wilcoxon_p([1, 2, -3, 4, 0]) == pytest.approx(math.erfc(2 / math.sqrt(7.5) / math.sqrt(2)))
     # ties: |d| = 1,1,1,2 -> ranks 2,2,2,4; W+ = 8; var = 7.5 - (27 - 3)/48 = 7.0
-    assert tables.wilcoxon_p([1, 1, -1, 2]) == pytest.approx(math.erfc(3 / math.sqrt(7.0) / math.sqrt(2)))
+    assert stats.wilcoxon_p([1, 1, -1, 2]) == pytest.approx(math.erfc(3 / math.sqrt(7.0) / math.sqrt(2)))
 
 
 def test_paired_test_by_hand():

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from metarepro.config import load_config, resolve_run
@@ -75,3 +76,33 @@ def test_killed_run_resumes_to_identical_weights_and_eval(tmp_path):
     timing = {"wall_time_s", "adapt_time_per_task_s", "peak_memory_mb", "run", "checkpoint"}
     assert {k: v for k, v in ea.items() if k not in timing} == {k: v for k, v in eb.items() if k not in timing}
     assert len(ea["per_episode"]) == 600
+
+
+def _ignore_signals() -> None:
+    """What a non-interactive shell, nohup or a batch system may hand a job: SIGINT (and SIGTERM) ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_job_started_with_signals_ignored_still_stops_and_keeps_its_checkpoint(tmp_path, sig):
+    run = json.loads(_run_json(tmp_path, "run"))
+    run["train"].update(iterations=100000)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_cli("metatrain", "--run", json.dumps(run), "--no-progress"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_signals)
+    try:
+        deadline = time.time() + 120
+        while not ckpt.exists():
+            assert proc.poll() is None, "training ended before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and f"stopped by signal {signal.Signals(sig).name}" in err
+    assert ckpt.exists() and not (tmp_path / "run" / "model.pt").exists()
+    assert torch.load(ckpt, weights_only=False)["iteration"] > 0

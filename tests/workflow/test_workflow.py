@@ -319,6 +319,12 @@ def test_tiny_profile_end_to_end(tmp_path: Path) -> None:
     assert not stats.keys() & {"download", "prepare"}
 
 
+def default_signals() -> None:
+    """In a child before exec: SIGINT and SIGTERM back to their default dispositions."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @needs_mirror_and_cli
 @pytest.mark.parametrize("how", ["ctrl-c", "power-cut"])
 def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
@@ -336,7 +342,10 @@ def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
     checkpoint = root / run / "checkpoints" / "last.pt"
     proc = subprocess.Popen([str(BIN / "snakemake"), f"{run}/model.pt"], cwd=root, env=_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # its own process group: snakemake and its job
+                            start_new_session=True,   # its own process group: snakemake and its job
+                            # a terminal's Ctrl-C: SIGINT at its default, whatever this test inherited (a
+                            # non-interactive shell starts background jobs with SIGINT ignored)
+                            preexec_fn=default_signals)
     try:
         deadline = time.time() + 240
         while not checkpoint.exists():
@@ -359,3 +368,32 @@ def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
     rows = (root / run / "train_log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2000, "the resumed run's log continues the killed one's"
     assert not checkpoint.exists()
+
+
+@needs_mirror_and_cli
+def test_a_second_snakemake_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    """Two invocations on one directory: the second stops with Snakemake's lock message (README: wait, or after a
+    crash run `snakemake --unlock`), and the first is not disturbed."""
+    cfg = _tiny()
+    exp = cfg["experiments"]["sinusoid"]
+    exp["methods"] = {"maml": exp["methods"]["maml"]}
+    exp["train"].update(iterations=3000, checkpoint_every=20, val_every=3000, val_episodes=5)
+    cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
+    root = _project_copy(tmp_path, cfg)
+    target = f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0/model.pt"
+    first = subprocess.Popen([str(BIN / "snakemake"), target], cwd=root, env=_env(), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=default_signals)
+    try:
+        locks, deadline = root / ".snakemake" / "locks", time.time() + 240
+        while not (locks.exists() and any(locks.iterdir())):
+            assert first.poll() is None, "the first snakemake ended before taking its lock"
+            assert time.time() < deadline, "no lock within 240 s"
+            time.sleep(0.1)
+        second = snakemake(target, cwd=root)
+        text = second.stdout + second.stderr
+        assert second.returncode != 0 and "Directory cannot be locked" in text and "--unlock" in text, text[-2000:]
+        assert first.poll() is None, "the refused second invocation must not stop the first"
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=120)

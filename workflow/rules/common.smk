@@ -9,8 +9,8 @@ import math
 import os
 import re
 
-from metarepro.config import (base_method, dataset_args, find_experiment, iter_cross_domain, iter_pretrains,
-                              iter_runs, resolve_pretrain, resolve_run, used_datasets)
+from metarepro.config import (base_method, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
+                              iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -84,6 +84,20 @@ def prepared(dataset):
     if dataset in GENERATED:
         return []
     return [f"{DATA}/{dataset}/meta.json"] + [f"{DATA}/{dataset}/{s}.npz" for s in SPLITS]
+
+
+def run_gpus(wildcards):
+    """GPUs of a run's training / evaluation job (its experiment's `gpu`, else the top-level one for images)."""
+    w = wildcards
+    return experiment_gpus(config, find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots)))
+
+
+def pretrain_gpus(wildcards):
+    return int(config.get("gpu", 0))
+
+
+# The conda environment of a job: the CUDA build of torch for jobs given a GPU, else the CPU build.
+CPU_ENV, CUDA_ENV = "../../environment.yml", "../../environment.cuda.yml"
 
 
 def train_runtime(wildcards):

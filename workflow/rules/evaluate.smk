@@ -11,16 +11,17 @@ rule evaluate:
     log:
         f"{LOGS}/evaluate/{RUN_LOG}",
     conda:
-        "../../environment.yml"
+        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=60,
-        gpu=config.get("gpu", 0),
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
+        gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --threads {threads} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
 # The same run tested at other shots than it was trained with (experiment key `test_shots`).
@@ -34,19 +35,20 @@ rule evaluate_shots:
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_{{test_shots}}shot.log",
     conda:
-        "../../environment.yml"
+        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
     wildcard_constraints:
         test_shots=r"\d+",
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=60,
-        gpu=config.get("gpu", 0),
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
+        gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
         "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --shots {wildcards.test_shots}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
 
 
 # Cross-domain: a run tested on another dataset's test classes (experiment key `cross_domain`). The target is
@@ -63,14 +65,15 @@ rule evaluate_xdomain:
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_xdomain_{{target}}.log",
     conda:
-        "../../environment.yml"
+        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
     wildcard_constraints:
         target=_alternatives(set(used_datasets(config)) - GENERATED),
     resources:
         mem_mb=lambda w: max(MEM_MB.get(w.dataset, 8000), MEM_MB.get(w.target, 8000)),
-        runtime=60,
-        gpu=config.get("gpu", 0),
+        runtime=lambda w, attempt: 60 * attempt,
+        cpus_per_task=config["threads"],
+        gpu=run_gpus,
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
         target_data=lambda w: f"{DATA}/{w.target}",
@@ -78,4 +81,4 @@ rule evaluate_xdomain:
         options=lambda w: dataset_options(w.target),
     shell:
         "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --target {wildcards.target}"
-        " --target-data {params.target_data:q} --target-options {params.options:q} --threads {threads} > {log:q} 2>&1"
+        " --target-data {params.target_data:q} --target-options {params.options:q} --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"

@@ -15,15 +15,16 @@ rule metatrain:
     log:
         f"{LOGS}/metatrain/{RUN_LOG}",
     conda:
-        "../../environment.yml"
+        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
     priority: train_priority
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=train_runtime,
-        gpu=config.get("gpu", 0),
+        runtime=lambda w, attempt: train_runtime(w) * attempt,   # a retried job gets more time
+        cpus_per_task=config["threads"],
+        gpu=run_gpus,
     params:
         # The whole resolved run config: editing one method's hparams re-runs only that method's jobs.
         run=run_config,
     shell:
-        "PYTHONPATH=src python -m metarepro metatrain --run {params.run:q} --threads {threads} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro metatrain --run {params.run:q} --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"

@@ -16,15 +16,16 @@ rule pretrain:
     wildcard_constraints:
         backbone=_alternatives({p.label for p in pretrains()}),
     conda:
-        "../../environment.yml"
+        lambda w: CUDA_ENV if pretrain_gpus(w) else CPU_ENV
     threads: config["threads"]
     priority: 20              # a few minutes, and the baselines wait for it: early, after the longest trainings
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
-        runtime=pretrain_runtime,
-        gpu=config.get("gpu", 0),
+        runtime=lambda w, attempt: pretrain_runtime(w) * attempt,
+        cpus_per_task=config["threads"],
+        gpu=pretrain_gpus,
     params:
         # The whole resolved pretrain config: editing the dataset's `pretrain:` block re-runs it (and its users).
         run=pretrain_config,
     shell:
-        "PYTHONPATH=src python -m metarepro pretrain --run {params.run:q} --threads {threads} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro pretrain --run {params.run:q} --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"

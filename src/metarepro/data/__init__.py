@@ -53,13 +53,14 @@ def get(name: str) -> DatasetSpec:
 
 
 @lru_cache(maxsize=8)
-def _split(data_dir: str, split: str) -> ImageSplit:
+def cached_split(data_dir: str, split: str) -> ImageSplit:
+    """A prepared split, loaded once per process."""
     return load_split(data_dir, split)
 
 
 @lru_cache(maxsize=8)
-def _train_stats(data_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    imgs = _split(data_dir, "train").images
+def train_stats(data_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    imgs = cached_split(data_dir, "train").images
     sample = imgs[:: max(1, len(imgs) // 5000)].astype(np.float32) / 255.0  # (n, H, W, C)
     return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(sample.std(axis=(0, 1, 2)).clip(1e-3).tolist())
 
@@ -70,7 +71,7 @@ def normalization(dataset: str, data_dir: str) -> dict | None:
     spec = get(dataset)
     if spec.generated or not spec.normalize:
         return None
-    mean, std = _train_stats(str(Path(data_dir)))
+    mean, std = train_stats(str(Path(data_dir)))
     return {"mean": list(mean), "std": list(std)}
 
 
@@ -85,27 +86,28 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     spec = get(dataset)
     if spec.generated:
         return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
-    data = _split(str(Path(data_dir)), split)
+    data = cached_split(str(Path(data_dir)), split)
     rotations = bool(dataset_args.get("rotations", False))
     if model_input is not None:
         shape, norm = model_input
         return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, out_shape=shape,
                              mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
-    mean, std = _train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
+    mean, std = train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
     return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, mean=mean, std=std)
 
 
 def class_names(data_dir: str, split: str) -> list[str]:
     """The class names of a prepared split."""
-    return [str(c) for c in _split(str(Path(data_dir)), split).class_names]
+    return [str(c) for c in cached_split(str(Path(data_dir)), split).class_names]
 
 
 def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
     if get(dataset).generated:
         return (1,)
-    h, w, c = _split(str(Path(data_dir)), "train").images.shape[1:]
+    h, w, c = cached_split(str(Path(data_dir)), "train").images.shape[1:]
     return (c, h, w)
 
 
 __all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "normalization", "class_names",
+           "cached_split", "train_stats",
            "TaskSampler"]

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..methods.base import Task, TaskResult
+from ..task import Task, TaskResult
 from ..utils import stable_hash
 from .sinusoid import SinusoidTasks
 from .store import ImageSplit
@@ -50,7 +50,7 @@ class ImageEpisodes:
                                     replace=False) for c in classes])
 
     def episode(self, index: int) -> Task:
-        return self._task(*self.indices(index))
+        return self._task(*self.indices(index), key=(self.seed, index))
 
     def episode_of(self, classes: Sequence[int], key: Sequence[int]) -> Task:
         """A task on the given (global) classes, label i = classes[i], with images drawn by the generator seeded
@@ -58,9 +58,12 @@ class ImageEpisodes:
         classes = np.asarray(classes, dtype=np.int64)
         if len(classes) != self.ways or len(set(classes.tolist())) != self.ways:
             raise ValueError(f"a {self.ways}-way task needs {self.ways} distinct classes, got {classes.tolist()}")
-        return self._task(classes, self._picks(classes, np.random.default_rng([self.seed, *key])))
+        return self._task(classes, self._picks(classes, np.random.default_rng([self.seed, *key])),
+                          key=(self.seed, *key))
 
-    def _task(self, classes: np.ndarray, picks: np.ndarray) -> Task:
+    def _task(self, classes: np.ndarray, picks: np.ndarray, key: tuple[int, ...]) -> Task:
+        """`key`: the episode's seed, e.g. (seed, index), kept in Task.info for methods that need randomness of
+        their own per episode (Matching Networks' support order under FCE)."""
         imgs = self.split.images[picks]                      # (ways, S+Q, H, W, C) uint8
         rots = classes % self.n_rot
         if self.n_rot > 1:
@@ -74,7 +77,8 @@ class ImageEpisodes:
         k = self.shots
         xs, ys = x[:, :k].reshape(-1, *x.shape[2:]), y[:, :k].reshape(-1)
         xq, yq = x[:, k:].reshape(-1, *x.shape[2:]), y[:, k:].reshape(-1)
-        return Task(xs, ys.contiguous(), xq, yq.contiguous(), classes=tuple(int(c) for c in classes))
+        return Task(xs, ys.contiguous(), xq, yq.contiguous(), classes=tuple(int(c) for c in classes),
+                    info={"episode_key": tuple(int(k) for k in key)})
 
     def fingerprint(self, n: int) -> str:
         """Identifier of the first n episodes (same across methods => valid paired comparisons)."""

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..methods.base import Task
+from ..task import Task
 
 
 class SinusoidTasks:

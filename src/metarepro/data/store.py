@@ -43,6 +43,7 @@ def write_dataset(out_dir: str | Path, dataset: str, splits: dict[str, tuple[np.
                   options: dict[str, Any], source: str) -> Path:
     """Atomically write a complete prepared dataset (all splits + meta.json) to out_dir."""
     out_dir = Path(out_dir)
+    check_disjoint(dataset, {split: names for split, (_, _, names) in splits.items()})
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         meta: dict[str, Any] = {"dataset": dataset, "format": "metarepro-npz-v1", "source": source,
@@ -54,6 +55,20 @@ def write_dataset(out_dir: str | Path, dataset: str, splits: dict[str, tuple[np.
             meta["image_shape"] = list(images.shape[1:])
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
+
+
+def check_disjoint(dataset: str, names: dict[str, Sequence[str]]) -> None:
+    """Few-shot splits must not share a class: stop, naming the shared classes, before anything is written."""
+    problems = []
+    splits = list(names)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            shared = sorted(set(map(str, names[a])) & set(map(str, names[b])))
+            if shared:
+                problems.append(f"{a} and {b} share {len(shared)} class(es): {', '.join(shared[:20])}"
+                                + (" ..." if len(shared) > 20 else ""))
+    if problems:
+        raise MetareproError(f"{dataset}: the splits' classes are not disjoint: " + "; ".join(problems))
 
 
 @dataclass

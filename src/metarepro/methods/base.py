@@ -32,43 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..task import Task, TaskResult
+
 Params = dict[str, Tensor]
 
-
-@dataclass(frozen=True)
-class Task:
-    """One few-shot task. Classification: x (N, C, H, W), y int64 labels 0..ways-1.
-    Regression: x (N, 1), y (N, 1)."""
-    x_support: Tensor
-    y_support: Tensor
-    x_query: Tensor
-    y_query: Tensor
-    classes: tuple = ()               # global class ids (hard-task sampling, analysis); a stack: one tuple per task
-    info: Mapping[str, Any] | None = None  # e.g. sinusoid amplitude/phase
-    n_tasks: int = 0                  # > 0: a stack of n_tasks tasks along a leading dim (Task.stack)
-
-    def to(self, device: torch.device | str) -> "Task":
-        return Task(self.x_support.to(device), self.y_support.to(device), self.x_query.to(device),
-                    self.y_query.to(device), self.classes, self.info, self.n_tasks)
-
-    @staticmethod
-    def stack(tasks: "list[Task]") -> "Task":
-        """Tasks of equal shapes as one task with a leading task dim: x (T, N, ...), y (T, N, ...)."""
-        return Task(*(torch.stack([getattr(t, f) for t in tasks])
-                      for f in ("x_support", "y_support", "x_query", "y_query")),
-                    classes=tuple(t.classes for t in tasks) if any(t.classes for t in tasks) else (),
-                    n_tasks=len(tasks))
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """One task's outcome of a meta-step, detached (what a TaskSampler receives): query loss, metric (accuracy % or
-    MSE), per-class query accuracy in % (index = the task's label, `classes[i]` its global class id; None for
-    regression)."""
-    loss: float
-    metric: float
-    class_accuracy: tuple[float, ...] | None
-    classes: tuple[int, ...]
+__all__ = ["Task", "TaskResult", "TaskOutcome", "StepStats", "Learner", "ClosedFormLearner", "MetaLearner",
+           "tap_outputs", "finite_grads", "Params"]
 
 
 @dataclass
@@ -149,13 +118,14 @@ def finite_grads(params: Iterable[Tensor]) -> bool:
 
 
 class Learner:
-    """A model evaluated at a given set of (adapted) parameters."""
+    """A model evaluated at a given set of (adapted) parameters, after `step` inner updates. Its forward passes
+    are made at `meta.query_slot(step)` (the step index that per-step layers such as MAML++'s batch norm select)."""
 
     def __init__(self, meta: "MetaLearner", params: Params, step: int) -> None:
         self.meta, self.params, self.step = meta, params, step
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.meta.forward_with(self.params, x, self.step)
+        return self.meta.forward_with(self.params, x, self.meta.query_slot(self.step))
 
 
 class ClosedFormLearner(Learner):
@@ -180,7 +150,7 @@ class MetaLearner(nn.Module):
     meta_trainable = True
     # True: the method's inner loop is elementwise in the parameters, so `meta_step` may run a whole meta-batch
     # as one stacked task (Task.stack) when the backbone accepts per-task weights (`task_batched`, e.g. the
-    # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, ~9x faster for tiny MLPs,
+    # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, and much faster for tiny MLPs,
     # whose cost is per-op overhead (tests/unit/test_task_batching.py checks the equality for every method).
     task_batching = False
 
@@ -210,6 +180,22 @@ class MetaLearner(nn.Module):
             raise TypeError(f"{type(self.model).__name__} has no `features` module: {self.name} needs the "
                             "backbone's embedding (every backbone in metarepro.models has one)")
         return features(x)
+
+    def query_slot(self, updates: int) -> int:
+        """The step index `forward_with` gets for the learner after `updates` inner updates (default: `updates`;
+        the support pass of inner step j gets j)."""
+        return updates
+
+    def embed_task(self, task: Task, joint: bool) -> tuple[Tensor, Tensor | None]:
+        """Support features (S, D) and, with `joint`, query features (Q, D) from ONE forward pass of support and
+        query together, so batch norm (which normalises with the batch's statistics) sees all S + Q images, as
+        Snell et al.'s ProtoNet code does and as MAML's query pass does; a 5-way 1-shot support set alone is a
+        batch of 5. Without `joint`: the support alone, and None."""
+        if not joint:
+            return self.embed(task.x_support), None
+        n = len(task.x_support)
+        z = self.embed(torch.cat([task.x_support, task.x_query]))
+        return z[:n], z[n:]
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task_type == "classification":

@@ -4,7 +4,13 @@ MAML plus five fixes, each a constructor flag so the paper's ablation can be rer
 - multi_step_loss (MSL): the outer loss is a weighted sum of the query losses after every inner step; the weights
   start uniform and are annealed towards the last step over `msl_epochs` epochs, then only the last step counts.
 - per_step_bn (BNWB + BNRS): one copy of every batch-norm weight/bias (and of its running statistics, where the
-  backbone keeps them) per number of inner updates taken; `forward_with(params, x, step)` selects copy `step`.
+  backbone keeps them: backbone_args bn_running_stats) per inner step, N slots for N steps. As in the official
+  code (few_shot_learning_system.py), the support pass of inner step j uses slot j and so does the query pass
+  after that step's update (num_step=j for both): the query after k updates uses slot k - 1 (slot 0 before any
+  update); evaluation beyond N steps reuses the last slot. The official code tracks the per-step running
+  statistics but normalises every pass with the batch's own (F.batch_norm(..., training=True)), which is what
+  a backbone without running statistics (our default) computes; with bn_running_stats: true, evaluation
+  normalises with the per-step running statistics instead, as the paper describes BNRS.
 - lslr: a learned learning rate per parameter tensor ("layer") and per inner step, initialised to `inner_lr`.
 - derivative_order_annealing (DA): first order for the first `first_order_epochs` epochs, then second order.
 - cosine_annealing (CA): cosine schedule of the meta learning rate, from `make_scheduler`.
@@ -85,12 +91,12 @@ class MAMLpp(MetaLearner):
                 self.lslr[safe_key(k)] = nn.Parameter(torch.full((self.inner_steps,), self.inner_lr,
                                                                  dtype=p.dtype, device=p.device))
 
-        # per-step BN: slot s is used by forward_with(..., step=s), i.e. after s inner updates; s > inner_steps
-        # (longer evaluation) reuses the last slot
+        # per-step BN: slot s is used by forward_with(..., step=s): the support pass of inner step s and the query
+        # pass after its update (query_slot); s >= inner_steps (longer evaluation) reuses the last slot
         self.bn_layers = list(bn_layers) if self.per_step_bn else []
         self.bn_weight, self.bn_bias = nn.ParameterDict(), nn.ParameterDict()
         self.bn_stats = nn.Module()  # per-step running statistics (BNRS) as buffers, where the backbone tracks them
-        slots = self.inner_steps + 1
+        slots = self.inner_steps
         for n in self.bn_layers:
             m, k = bn_layers[n], safe_key(n)
             if m.affine:
@@ -111,7 +117,7 @@ class MAMLpp(MetaLearner):
     def forward_with(self, params: Params, x: Tensor, step: int = 0) -> Tensor:
         if not self.bn_layers:
             return functional_call(self.model, params, (x,))
-        s = min(int(step), self.inner_steps)
+        s = min(int(step), self.inner_steps - 1)
         full = dict(params)
         for n in self.bn_layers:
             k = safe_key(n)
@@ -122,6 +128,11 @@ class MAMLpp(MetaLearner):
                 full[f"{n}.running_mean"] = getattr(self.bn_stats, f"{k}__mean")[s]
                 full[f"{n}.running_var"] = getattr(self.bn_stats, f"{k}__var")[s]
         return functional_call(self.model, full, (x,))
+
+    def query_slot(self, updates: int) -> int:
+        """The official code's indexing: the query after k updates uses the slot of the step that made the k-th
+        update (k - 1), so N steps use N slots."""
+        return max(0, int(updates) - 1)
 
     # ---- inner loop ---------------------------------------------------------------------
     def step_lr(self, name: str, step: int) -> Tensor | float:

@@ -5,14 +5,15 @@ P(y | x, S) = sum_i a(x, x_i) y_i with a(x, x_i) = softmax_i(cos(f(x), g(x_i))) 
 one-hot labels; the learner's logits are log P, so the cross-entropy loss is the paper's -log P(y | x, S).
 Without full context embeddings (the default) f = g = the backbone's features (its head is dropped).
 With `fce` (Sec. 2.1.2, App. A.1-A.2):
-  g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)     a bidirectional LSTM over the support embeddings g' (support order)
+  g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)     a bidirectional LSTM over the support embeddings g', read in an
+                                               order shuffled with the episode's seed (episodes list supports by class)
   f(x, S)   = h_K of K "processing" steps of an attention LSTM over g(S), starting at h^_0 = c_0 = 0:
       h_{k-1} = h^_{k-1} + f'(x)
       r_{k-1} = sum_i softmax_i(h_{k-1}^T g(x_i)) g(x_i)
       h^_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1})      (recurrent input: the concatenation, 2D)
       h_K = h^_K + f'(x)
 The LSTM whose recurrent input is [h, r] (2D) but whose output h^ is D-dimensional is written out (AttLSTMCell).
-Batch norm: support and query are embedded as separate batches (the convention of every method here).
+Batch norm: support and query are embedded as one batch (`transductive`, the default; False: separate batches).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import drop_head
+from ..utils import stable_hash
 from .base import ClosedFormLearner, MetaLearner, Task
-from .protonet import drop_head
 
 
 class AttLSTMCell(nn.Module):
@@ -46,7 +48,8 @@ class MatchingNet(MetaLearner):
     name = "matchingnet"
 
     def __init__(self, model: nn.Module, task_type: str = "classification", fce: bool = False,
-                 fce_steps: int = 10) -> None:
+                 fce_steps: int = 10, transductive: bool = True) -> None:
+        # transductive: embed support and query as one batch (batch norm over all S + Q images), as ProtoNet
         # fce: off by default (the paper reports both; FCE helped on miniImageNet, Vinyals et al. 2016, Table 2)
         # fce_steps: K processing steps of the attention LSTM; the paper does not state K (10: our choice)
         if task_type != "classification":
@@ -55,20 +58,34 @@ class MatchingNet(MetaLearner):
             raise ValueError(f"fce_steps must be >= 1, got {fce_steps}")
         drop_head(model)
         super().__init__(model, task_type, inner_steps=0, eval_inner_steps=0)
-        self.fce, self.fce_steps = bool(fce), int(fce_steps)
+        self.fce, self.fce_steps, self.transductive = bool(fce), int(fce_steps), bool(transductive)
         if self.fce:
             dim = int(getattr(model, "feature_dim"))
             ref = next(model.parameters())
             self.support_lstm = nn.LSTM(dim, dim, bidirectional=True).to(ref)
             self.query_lstm = AttLSTMCell(dim).to(ref)
 
-    def encode_support(self, z: Tensor) -> Tensor:
-        """g(x_i, S): (S, D) -> (S, D)."""
+    def encode_support(self, z: Tensor, order: Tensor | None = None) -> Tensor:
+        """g(x_i, S): (S, D) -> (S, D), row i still the support example i. With FCE the bidirectional LSTM reads
+        the support set in the order `order` (a permutation of 0..S-1; None: as given)."""
         if not self.fce:
             return z
-        out, _ = self.support_lstm(z.unsqueeze(1))            # (S, 1, D) as (seq, batch, D) -> (S, 1, 2D)
-        fwd, bwd = out.squeeze(1).chunk(2, dim=1)             # (S, D) each
-        return fwd + bwd + z
+        seq = z if order is None else z[order]
+        out, _ = self.support_lstm(seq.unsqueeze(1))          # (S, 1, D) as (seq, batch, D) -> (S, 1, 2D)
+        fwd, bwd = out.squeeze(1).chunk(2, dim=1)             # (S, D) each, in reading order
+        g = fwd + bwd + seq
+        return g if order is None else g[torch.argsort(order)]
+
+    @staticmethod
+    def support_order(task: Task) -> Tensor | None:
+        """A permutation of the support set drawn from the episode's seed (Task.info["episode_key"]): episodes list
+        their support examples sorted by class, and an LSTM reading them in that order would see the labels'
+        layout in the sequence; the order is fixed per episode, so evaluation stays deterministic."""
+        key = (task.info or {}).get("episode_key")
+        if key is None:
+            return None
+        g = torch.Generator().manual_seed(stable_hash("matchingnet-fce-order", *key))
+        return torch.randperm(len(task.y_support), generator=g).to(task.y_support.device)
 
     def encode_query(self, z: Tensor, g: Tensor) -> Tensor:
         """f(x, S): query embeddings (Q, D) attending over g(S) (S, D) -> (Q, D)."""
@@ -86,12 +103,13 @@ class MatchingNet(MetaLearner):
         ctx = contextlib.nullcontext() if self.training else torch.no_grad()
         ways = int(task.y_support.max()) + 1
         with ctx:
-            g = self.encode_support(self.embed(task.x_support))
+            zs, zq = self.embed_task(task, self.transductive)
+            g = self.encode_support(zs, self.support_order(task) if self.fce else None)
             onehot = F.one_hot(task.y_support, ways).to(g.dtype)      # (S, ways)
 
         def predict(x: Tensor) -> Tensor:
             with ctx:
-                f = self.encode_query(self.embed(x), g)
+                f = self.encode_query(zq if zq is not None and x is task.x_query else self.embed(x), g)
                 attention = (F.normalize(f, dim=1) @ F.normalize(g, dim=1).t()).softmax(dim=1)   # (Q, S)
                 return (attention @ onehot).log()                     # log P(y | x, S): (Q, ways)
         yield ClosedFormLearner(self, predict, 0)

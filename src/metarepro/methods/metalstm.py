@@ -108,8 +108,8 @@ class MetaLSTM(MetaLearner):
         The first layer is nn.LSTMCell(4, hidden)'s computation (its weights, gate order i, f, g, o) written out
         with the coordinates LAST: h, s are (hidden, n) and the gate pre-activations (4 hidden, n), so each gate
         is a contiguous block of rows and the input and recurrent products are one GEMM. nn.LSTMCell's
-        (n, 4 hidden) layout makes every gate a strided column slice; on Conv-4-64's 113k coordinates that
-        costs ~1.6x the time per test episode (benchmarks/metalstm_step.py). The loss inputs are the same for
+        (n, 4 hidden) layout makes every gate a strided column slice, which is slower on Conv-4-64's 113k
+        coordinates (benchmarks/metalstm_step.py has the measurement). The loss inputs are the same for
         every coordinate, so their part of the product folds into the bias."""
         h, s, f_prev, i_prev = state
         lstm, hid = self.lstm, self.lstm.hidden_size

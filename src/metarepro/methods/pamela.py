@@ -5,16 +5,18 @@ shape as each parameter) for every inner step j, and (b) parameter-space skip co
 elementwise gates P^w that mix the parameters at the end of every window of w inner steps with those at its
 start. All of theta, Q and P are meta-learned through the whole inner trajectory (second order).
 
-Inner loop, 0-indexed (theta_0 = the initialisation; step j turns theta_j into theta_{j+1}):
+Inner loop, 0-indexed (theta_0 = the initialisation; step j turns theta_j into theta_{j+1}); `*` is elementwise:
 
     u_{j+1}     = theta_j - Q_j * grad L_support(theta_j)                                  (every step)
-    theta_{j+1} = (1 - P_k) * u_{j+1} + P_k * theta_{j+1-w}   if skip and (j+1) % w == 0,  k = (j+1)//w - 1
-    theta_{j+1} = u_{j+1}                                      otherwise
+    theta_{j+1} = (1 - P_k) * u_{j+1} + P_k * theta_{j-w}    if skip and j % w == 0 and j >= w,  k = j // w - 1
+    theta_{j+1} = u_{j+1}                                     otherwise
 
-i.e. a skip spans the w steps of one window, from the window's input theta_{j+1-w} to its output, like a
-residual block (the paper's "gradient-skip connections from the old time-steps"); `*` is elementwise.
-With w = 1 every step mixes with its own input, which reduces to theta_j - (1 - P_j) * Q_j * grad: a learned
-step-size damping, kept only because it is a valid setting; w >= 2 gives genuine skips.
+which is the paper's update (skip_mode "paper", the default): theta_{j-w} must exist, so the first skip is at
+j = w; with 5 steps and w = 2, theta_3 mixes with theta_0 and theta_5 with theta_2, and fewer than w + 1 steps
+have no skip at all. skip_mode "window" is our earlier reading, kept as an ablation switch: a skip spans the w
+steps of one window, theta_{j+1} mixes with theta_{j+1-w} when (j + 1) % w == 0 (theta_2 with theta_0, theta_4
+with theta_2, the 5th step unmixed), like a residual block over w steps; with w = 1 it reduces to
+theta_j - (1 - P_j) * Q_j * grad, a learned step-size damping.
 
 Choices the paper leaves open (or that were not recoverable from the sources at hand), documented here:
 - P^w is stored as a raw parameter and used as sigmoid(raw), so it stays in (0, 1) with a gradient everywhere
@@ -25,8 +27,9 @@ Choices the paper leaves open (or that were not recoverable from the sources at 
   sign or grow 30x and the 5-step inner loop explodes to NaN); in log space the same Adam step is a ~0.1%
   relative change, which trained stably (sinusoid 10-shot, 2000 iterations: query MSE 0.27 vs 0.44 for 5-step
   MAML) and keeps every step a descent direction.
-- The number of Q_j equals `inner_steps` (of P_k: max(1, inner_steps // w)). Evaluating with more steps than were
-  trained reuses the last Q_j and the last P_k for every further step / window.
+- The number of Q_j equals `inner_steps`; of P_k, the number of skips in `inner_steps` steps (paper: (N - 1) // w,
+  window: N // w). Evaluating with more steps than were trained reuses the last Q_j and the last P_k for every
+  further step / skip (none if training had no skip).
 - q_mode="none" is plain MAML (fixed scalar `inner_lr`), "shared" one Q for all steps (multi-step Meta-SGD),
   "per_step" one Q_j per step: the rows of the paper's ablation table together with `skip`.
 - Elementwise Q_j and P_k add (inner_steps + inner_steps // w) x |theta| meta-parameters (7x for 5 steps,
@@ -45,6 +48,7 @@ from torch import Tensor, nn
 from .base import Learner, MetaLearner, Params, Task
 
 Q_MODES = ("none", "shared", "per_step")
+SKIP_MODES = ("paper", "window")
 
 
 def _key(name: str) -> str:
@@ -59,7 +63,7 @@ class PAMELA(MetaLearner):
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
                  inner_steps: int = 5, eval_inner_steps: int | None = None, first_order: bool = False,
                  q_mode: str = "per_step", skip: bool = True, skip_window: int = 2,
-                 skip_init: float = 0.1) -> None:
+                 skip_init: float = 0.1, skip_mode: str = "paper") -> None:
         # inner_lr: initial value of every Q entry (Q = inner_lr * exp(rho)); MAML's miniImageNet 0.01 (Finn et al. 2017, Sec. 5.2)
         # inner_steps: 5, MAML's miniImageNet training protocol (Finn et al. 2017), whose 63.11% is the
         #   baseline row of PAMELA's ablation; PAMELA's own step count was not recovered from the sources
@@ -72,6 +76,9 @@ class PAMELA(MetaLearner):
             raise ValueError(f"skip_window must be >= 1, got {skip_window}")
         if not 0.0 < skip_init < 1.0:
             raise ValueError(f"skip_init must lie in (0, 1), got {skip_init}")
+        if skip_mode not in SKIP_MODES:
+            raise ValueError(f"skip_mode must be one of {SKIP_MODES}, got {skip_mode!r}")
+        self.skip_mode = skip_mode
         self.inner_lr, self.q_mode = float(inner_lr), q_mode
         self.skip, self.skip_window = bool(skip), int(skip_window)
         shapes = {k: p for k, p in model.named_parameters()}
@@ -79,7 +86,7 @@ class PAMELA(MetaLearner):
         self.q = nn.ModuleList(      # rho_j: Q_j = inner_lr * exp(rho_j)
             nn.ParameterDict({_key(k): nn.Parameter(torch.zeros_like(p.detach())) for k, p in shapes.items()})
             for _ in range(n_q))
-        n_p = max(1, self.inner_steps // self.skip_window) if self.skip else 0
+        n_p = len(self.skip_steps(self.inner_steps)) if self.skip else 0
         raw = math.log(skip_init / (1.0 - skip_init))   # sigmoid(raw) = skip_init
         self.p_raw = nn.ModuleList(
             nn.ParameterDict({_key(k): nn.Parameter(torch.full_like(p.detach(), raw)) for k, p in shapes.items()})
@@ -92,9 +99,20 @@ class PAMELA(MetaLearner):
             return self.inner_lr
         return self.inner_lr * torch.exp(self.q[min(step, len(self.q) - 1)][_key(name)])
 
-    def skip_gate(self, name: str, window: int) -> Tensor:
-        """P^w (in (0, 1)) for parameter `name` at the end of window `window` (0-based; reuses the last)."""
-        return torch.sigmoid(self.p_raw[min(window, len(self.p_raw) - 1)][_key(name)])
+    def skip_steps(self, steps: int) -> list[int]:
+        """The 0-based inner steps j (of `steps`) that end with a skip connection."""
+        w = self.skip_window
+        if self.skip_mode == "paper":
+            return [j for j in range(steps) if j >= w and j % w == 0]
+        return [j for j in range(steps) if (j + 1) % w == 0]
+
+    def skip_source(self, j: int) -> int:
+        """Which earlier state theta_i the skip at step j mixes in: paper theta_{j-w}, window theta_{j+1-w}."""
+        return j - self.skip_window if self.skip_mode == "paper" else j + 1 - self.skip_window
+
+    def skip_gate(self, name: str, k: int) -> Tensor:
+        """P^w (in (0, 1)) for parameter `name` at the k-th skip (0-based; later skips reuse the last gate)."""
+        return torch.sigmoid(self.p_raw[min(k, len(self.p_raw) - 1)][_key(name)])
 
     def inner_update(self, params: Params, grads: Params, step: int) -> Params:
         """The preconditioned step u_{j+1} = theta_j - Q_j * grad (no skip; see adapt_trajectory)."""
@@ -110,20 +128,20 @@ class PAMELA(MetaLearner):
 
     # ---- inner loop ---------------------------------------------------------------------
     def adapt_trajectory(self, task: Task, steps: int, create_graph: bool) -> Iterator[Learner]:
-        """As MetaLearner.adapt_trajectory, plus the skip: keeps the window's input theta_{j+1-w}."""
+        """As MetaLearner.adapt_trajectory, plus the skips: keeps the states theta_0..theta_j they mix in."""
         params = self.init_params()
         if not create_graph and not self.training:
             params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         params = self.per_task(params, task)
-        anchor = params          # theta at the start of the current window of w steps
+        history = [params]          # theta_0, theta_1, ...: what a skip mixes in
+        skips = self.skip_steps(steps) if self.skip and len(self.p_raw) else []
         yield Learner(self, params, 0)
         for j in range(steps):
             grads = self.support_grads(params, task, j, create_graph)
             params = self.inner_update(params, grads, j)
-            if self.skip and (j + 1) % self.skip_window == 0:
-                params = self.skip_mix(params, anchor, (j + 1) // self.skip_window - 1)
+            if j in skips:
+                params = self.skip_mix(params, history[self.skip_source(j)], skips.index(j))
             if not self.training:
                 params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            if (j + 1) % self.skip_window == 0:
-                anchor = params
+            history.append(params)
             yield Learner(self, params, j + 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 import yaml
 
+from ..stats import Paired, mean_ci95, paired_test, seed_mean_ci95
 from ..utils import MetareproError, write_text_atomic
 
 # Our method name -> the label the papers (and config/paper_results.csv's `method` column) use.
@@ -44,6 +45,7 @@ VARIANT_LABELS: dict[str, str] = {
     "pamela@q_shared": "MAML + single Q (multi-step)",      # one Q for all steps, no skip
     "pamela@q_per_step": "MAML + per-step Q_j",             # Q_j per step, no skip
     "pamela@skip": "MAML + P^w skip",                       # scalar inner lr, P^w skip
+    "pamela@window": "PAMELA, window skips (our earlier reading)",   # Q_j + P^w, skip_mode window
     "mamlpp@maml": "MAML",                                  # every MAML++ fix off
     "mamlpp@bn": "MAML + BNRS + BNWB",                      # per-step batch norm only
     "mamlpp@lslr": "MAML + LSLR",
@@ -63,144 +65,10 @@ DATASET_LABELS = {"sinusoid": "Sinusoid", "omniglot": "Omniglot", "cifarfs": "CI
                   "miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cub": "CUB"}
 REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
 TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
-Z95 = 1.96                  # the few-shot protocol's 95% CI: 1.96 * std / sqrt(n) over test episodes
 DASH = "—"
 PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
 EVAL_REQUIRED = ("run", "metric", "mean", "ci95")
 RUN_REQUIRED = ("dataset", "method", "ways", "shots", "seed")
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc: x={x} outside [0, 1]")
-    if x in (0.0, 1.0):
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf_two_sided(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with `df` degrees of freedom (exact, via I_x(df/2, 1/2))."""
-    if math.isnan(t):
-        return float("nan")
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_quantile_975(df: float) -> float:
-    """The 97.5% quantile of Student's t (two-sided 95%), by bisection on the exact CDF."""
-    lo, hi = 0.0, 1000.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_sf_two_sided(mid, df) > 0.05:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def mean_ci95(x: Sequence[float]) -> tuple[float, float]:
-    """Mean and the protocol's 95% CI half-width 1.96 * std / sqrt(n) (sample std, ddof=1)."""
-    x = np.asarray(x, dtype=float)
-    if x.size == 0:
-        return float("nan"), float("nan")
-    if x.size == 1:
-        return float(x[0]), float("nan")
-    return float(x.mean()), float(Z95 * x.std(ddof=1) / math.sqrt(x.size))
-
-
-def seed_mean_ci95(means: Sequence[float]) -> tuple[float, float]:
-    """Mean over seeds and the 95% CI half-width t_{0.975, n-1} * std / sqrt(n) over seed means."""
-    x = np.asarray(means, dtype=float)
-    if x.size < 2:
-        return (float(x[0]) if x.size else float("nan")), float("nan")
-    return float(x.mean()), float(t_quantile_975(x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-
-
-def wilcoxon_p(d: Sequence[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value: zeros dropped, average ranks for ties, normal
-    approximation with tie-corrected variance and no continuity correction (scipy's defaults for
-    large n; our test sets have >= 600 episodes)."""
-    d = np.asarray(d, dtype=float)
-    d = d[d != 0]
-    n = d.size
-    if n == 0:
-        return 1.0
-    a = np.abs(d)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(n)
-    sorted_a = a[order]
-    _, first, counts = np.unique(sorted_a, return_index=True, return_counts=True)
-    for start, cnt in zip(first, counts):
-        ranks[order[start:start + cnt]] = start + (cnt + 1) / 2.0   # average rank, 1-based
-    w_plus = float(ranks[d > 0].sum())
-    mean = n * (n + 1) / 4.0
-    var = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(counts.astype(float) ** 3 - counts)) / 48.0
-    if var <= 0:
-        return 1.0
-    z = (w_plus - mean) / math.sqrt(var)
-    return float(math.erfc(abs(z) / math.sqrt(2.0)))
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Paired comparison of two methods on the same test episodes (difference = a - b)."""
-    mean: float
-    ci95: float
-    n: int
-    t: float
-    p_t: float
-    p_wilcoxon: float
-
-
-def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise ValueError(f"paired_test needs two equally long 1-d samples (n >= 2), got {a.shape} and {b.shape}")
-    d = a - b
-    n = d.size
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1))
-    se = sd / math.sqrt(n)
-    if se == 0.0:
-        t, p = (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
-    else:
-        t = mean / se
-        p = t_sf_two_sided(t, n - 1)
-    return Paired(mean=mean, ci95=Z95 * se, n=n, t=t, p_t=p, p_wilcoxon=wilcoxon_p(d))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -696,6 +564,22 @@ def read_run_config(path: str | os.PathLike) -> Any:
         raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
 
 
+def numerics_note(evals: list[dict]) -> str:
+    """A warning when the table's runs were computed under different numerics (CPU ISA, library versions, strict
+    mode): their rows are then comparable statistically, not bit for bit. Empty when they agree."""
+    from ..numerics import signature
+
+    groups: dict[tuple, list[str]] = {}
+    for ev in evals:
+        groups.setdefault(signature(ev.get("numerics")), []).append(ev["_path"])
+    if len(groups) < 2:
+        return ""
+    parts = [f"{' / '.join(str(x) for x in sig)} ({len(paths)} runs, e.g. {paths[0]})" for sig, paths in groups.items()]
+    return ("\n- **Mixed numerics:** these rows were computed under different CPU code paths or library versions ("
+            + "; ".join(parts) + "). Differences between them include floating-point effects, not only the "
+            "methods; re-run with `strict_numerics: true` for bit-identical numbers on any AVX2 machine.\n")
+
+
 def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
                paper_path: str | os.PathLike | None) -> tuple[Path, Path]:
     """Write `out_md` and the CSV beside it (same stem); return both paths."""
@@ -707,5 +591,6 @@ def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLik
     rows, cited = build_rows(evals, paper)
     out_csv = out_md.with_suffix(".csv")
     write_text_atomic(out_csv, render_csv(rows))
-    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)"))
+    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)")
+                      + numerics_note(evals))
     return out_md, out_csv

@@ -1,0 +1,48 @@
+"""The add-on kinds' interfaces: task samplers (data.episodes.TaskSampler), meta-gradient aggregators, outer-loss terms.
+
+Add-ons compose with any base method through MetaLearner.meta_step and the training loop, never by subclassing a
+method: `maml+cml`, `mamlpp+cml+oamfs`, `fomaml+ht` are all the unchanged method plus its add-ons.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..data.episodes import TaskSampler
+from ..methods.base import MetaLearner, TaskOutcome
+
+
+class Aggregator:
+    """Combines the per-task gradient vectors of the meta-parameters into the meta-gradient."""
+
+    name = "base"
+    # True: meta_step hands `combine` the (T, P) matrix of per-task gradients (tasks are then never stacked).
+    # False: meta_step accumulates backward passes of objective / T, the mean (the default, `mean`).
+    per_task_gradients = True
+
+    def combine(self, grads: Tensor) -> Tensor:
+        """(T, P) per-task gradient vectors -> (P,) meta-gradient."""
+        raise NotImplementedError
+
+
+class OuterTerm(nn.Module):
+    """An extra outer-loss term with its own parameters: objective_i = L_query_i + weight * term(outcome_i).
+
+    Its parameters join the meta-optimizer (param group with learning rate `lr`), are saved in checkpoints and in
+    model.pt under "addons", and are dropped at test time: evaluation builds the base method only, so inference
+    costs exactly what the base method costs.
+    """
+
+    name = "base"
+    tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
+
+    def __init__(self, weight: float = 1.0, lr: float = 1e-3) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"{self.name}: weight must be >= 0, got {weight}")
+        self.weight, self.lr = float(weight), float(lr)
+
+    def forward(self, outcome: TaskOutcome) -> Tensor:   # a scalar; for a stack the sum over its tasks
+        raise NotImplementedError
+
+
+__all__ = ["Aggregator", "MetaLearner", "OuterTerm", "TaskOutcome", "TaskSampler"]

@@ -1,0 +1,56 @@
+"""CML's co-learner (Shin et al., "Cooperative Meta-Learning with Gradient Augmentation", UAI 2024).
+
+A head phi on the shared feature extractor reads the feature map before the backbone's last pooling (the model's
+`feature_map` submodule), computed with the task-adapted parameters on the query set. It gets no inner-loop
+update; the outer objective of task i becomes L(f(psi'_i, theta'_i); Q_i) + gamma * L(phi(psi'_i); Q_i), and
+phi learns with its own learning rate. Architecture (official code, JJongyn/CML): conv3x3 + BN + ReLU, conv3x3 +
+BN + ReLU + max-pool, linear to N ways. On a vector feature (the sinusoid MLP's last hidden layer) the head is a
+small MLP, hidden -> hidden -> output. Batch norm normalises with the current batch, as the backbones do.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import MetaLearner, OuterTerm, TaskOutcome
+
+
+class CoLearner(OuterTerm):
+    name = "cml"
+
+    def __init__(self, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int, weight: float = 1.0,
+                 lr: float = 1e-3) -> None:
+        # weight: gamma = 1; lr: phi's own Adam at 1e-3 (official code)
+        super().__init__(weight, lr)
+        self.meta = [learner]               # a list, so the learner is not registered as a submodule of the term
+        self.tap = getattr(learner.model, "feature_map", "features")
+        shape = self._tap_shape(learner, in_shape)      # (C, h, w) or (d,)
+        if len(shape) == 3:
+            c, h, w = shape
+            self.head = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c, track_running_stats=False), nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c, track_running_stats=False), nn.ReLU(),
+                nn.MaxPool2d(2) if min(h, w) >= 2 else nn.Identity(), nn.Flatten(),
+                nn.Linear(c * max(1, h // 2) * max(1, w // 2), out_dim))
+        elif len(shape) == 1:
+            d = shape[0]
+            self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, out_dim))
+        else:
+            raise ValueError(f"cml: cannot put a co-learner on features of shape {shape} ({self.tap})")
+
+    def _tap_shape(self, learner: MetaLearner, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The tapped module's output shape per example, from one dry forward (eval mode, no grad)."""
+        from ..methods.base import tap_outputs
+        was = learner.model.training
+        learner.model.eval()
+        try:
+            with torch.no_grad(), tap_outputs(learner.model, [self.tap]) as found:
+                p = next(learner.parameters())
+                learner.model(torch.zeros(2, *in_shape, device=p.device, dtype=p.dtype))
+        finally:
+            learner.model.train(was)
+        return tuple(found[self.tap].shape[1:])
+
+    def forward(self, outcome: TaskOutcome) -> Tensor:
+        logits = self.head(outcome.features[self.tap])   # (N, ways), or a stack of MLP tasks (T, N, 1)
+        return self.meta[0].loss(logits, outcome.task.y_query)

@@ -1,0 +1,540 @@
+"""Config loading, schema validation (with defaults) and resolution into per-run configs.
+
+Torch-free on purpose: the Snakefile imports this module to validate the config and to enumerate
+runs, and Snakemake must never import torch.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from jsonschema import Draft7Validator, validators
+
+from .utils import MetareproError
+
+# Package data, so a non-editable install validates configs too; workflow/schemas/config.schema.yaml (where the
+# Snakemake layout puts it) is a symlink to this file.
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
+
+
+class ConfigError(MetareproError):
+    """A configuration problem; the message names the offending key and the allowed values."""
+
+
+# Methods that start from the backbone of the `pretrain` stage: Snakemake adds its backbone.pt to their
+# metatrain inputs and resolve_run puts its path in RunConfig.pretrained. A torch-free table because the
+# Snakefile must not import the method classes; tests/unit/test_config.py checks it equals the classes'
+# `needs_pretrained` attribute.
+PRETRAINED_METHODS: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+
+# A method variant `<method>@<tag>` (e.g. `pamela@q_shared`) is the registered method <method> run with the
+# hyperparameters of its own config block, under its own name: so one experiment can run the same method with
+# different switches (an ablation table) without the runs colliding in results/{dataset}/{method}/. The schema
+# validates the block against <method>'s; the registry builds <method>; the report labels it by its full name.
+VARIANT_SEP = "@"
+
+
+# Add-ons compose with any base method and are named after it: `<method>[@<tag>][+<addon>...]`, e.g. `maml+cml`,
+# `mamlpp+cml+oamfs`, `pamela@q_shared+ht`. The same string names the run's results folder
+# (results/{dataset}/maml+cml/...) and its report label ("MAML + CML"); the add-ons' hyperparameters sit in the
+# method's block under `addons: {cml: {...}}`. A torch-free copy of the add-on registries (metarepro.addons;
+# tests/unit/test_addons.py checks they agree): name -> kind. A run has at most one sampler and one aggregator.
+ADDON_SEP = "+"
+ADDON_KINDS: dict[str, str] = {"ht": "sampler", "oamfs": "aggregator", "cml": "term"}
+# Methods with nothing to meta-train (the pretrained baselines): no outer loss, so no add-on applies to them.
+# tests/unit/test_config.py checks it equals the classes' `meta_trainable = False`.
+NOT_META_TRAINED: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+_METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
+
+
+def split_method(name: str) -> tuple[str, str, tuple[str, ...]]:
+    """'pamela@q_shared+cml+ht' -> ('pamela', 'q_shared', ('cml', 'ht')); 'maml' -> ('maml', '', ())."""
+    m = _METHOD_NAME.match(name)
+    if m is None:
+        raise ConfigError(f"method name {name!r} is not <method>[@<tag>][+<addon>...] (a-z, 0-9, _)")
+    return m["base"], m["tag"] or "", tuple(a for a in m["addons"].split(ADDON_SEP) if a)
+
+
+def base_method(name: str) -> str:
+    """The registered method behind a method name: 'pamela@q_shared' -> 'pamela'; 'maml+cml' -> 'maml'."""
+    return split_method(name)[0]
+
+
+def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]:
+    """What is wrong with the add-ons of method `method` (config block `hp`) at `where`: unknown names, two
+    samplers or aggregators, hyperparameters of an add-on the name does not list, and combinations that cannot
+    work (each error names both the method and the add-on)."""
+    base, _, addons = split_method(method)
+    problems = []
+    for a in addons:
+        if a not in ADDON_KINDS:
+            hint = difflib.get_close_matches(a, list(ADDON_KINDS), n=1)
+            problems.append(f"'{where}': unknown add-on {a!r} in method name {method!r}"
+                            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                            + f"; allowed add-ons: {', '.join(sorted(ADDON_KINDS))}")
+    if len(set(addons)) != len(addons):
+        problems.append(f"'{where}': method name {method!r} lists an add-on twice")
+    for k in ("sampler", "aggregator"):
+        same = [a for a in addons if ADDON_KINDS.get(a) == k]
+        if len(same) > 1:
+            problems.append(f"'{where}': method {method!r} has {len(same)} {k}s ({', '.join(same)}); at most one")
+    for a in (hp or {}).get("addons") or {}:
+        if a not in addons:
+            problems.append(f"'{where}.addons.{a}': add-on {a!r} is not in the method name {method!r}; "
+                            f"name the run {method}{ADDON_SEP}{a} to use it")
+    for a in addons:
+        if a in ADDON_KINDS and base in NOT_META_TRAINED:
+            problems.append(f"'{where}': add-on {a!r} ({ADDON_KINDS[a]}) cannot work with method {base!r}: "
+                            f"{base} has nothing to meta-train, so no outer loss or meta-batch to act on")
+        if ADDON_KINDS.get(a) == "sampler" and dataset == "sinusoid":
+            problems.append(f"'{where}': add-on {a!r} (hard-task sampler) cannot work with method {method!r} on "
+                            "dataset 'sinusoid': regression tasks have no classes to re-sample")
+    return problems
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _extend_with_default(validator_class):
+    """A validator that fills in `default` values while validating (the jsonschema FAQ recipe), also for the
+    sub-schemas of patternProperties (method variants such as `pamela@q_shared`)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+    validate_pattern_properties = validator_class.VALIDATORS["patternProperties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict):
+                    if "$ref" in sub:
+                        sub = _SCHEMA_DEFS[sub["$ref"].split("/")[-1]]
+                    if "default" in sub and prop not in instance:
+                        instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    def set_pattern_defaults(validator, patterns, instance, schema):
+        # a pattern's sub-schema applies to existing keys only: fill the defaults inside their (dict) values
+        if isinstance(instance, dict):
+            for pattern, sub in patterns.items():
+                if isinstance(sub, dict) and "$ref" in sub:
+                    sub = _SCHEMA_DEFS[sub["$ref"].split("/")[-1]]
+                for key, value in instance.items():
+                    if isinstance(value, dict) and re.search(pattern, key) and isinstance(sub, dict):
+                        for prop, psub in sub.get("properties", {}).items():
+                            if isinstance(psub, dict) and "default" in psub and prop not in value:
+                                value[prop] = copy.deepcopy(psub["default"])
+        yield from validate_pattern_properties(validator, patterns, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults, "patternProperties": set_pattern_defaults})
+
+
+_DefaultFillingValidator = _extend_with_default(Draft7Validator)
+_SCHEMA_DEFS: dict = {}
+
+
+def _key_path(path: Iterable[Any]) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _allowed_keys(schema: dict, root: dict) -> list[str]:
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    keys = sorted(schema.get("properties", {}))
+    if schema.get("patternProperties"):   # method blocks: variants <method>@<tag> are allowed too
+        keys.append(f"<method>{VARIANT_SEP}<tag>")
+    return keys
+
+
+def _explain(error, root: dict) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = _allowed_keys(error.schema, root)
+        known = set(allowed)
+        patterns = list(error.schema.get("patternProperties", {}))
+        bad = [k for k in error.instance if k not in known and not any(re.search(p, str(k)) for p in patterns)] \
+            if isinstance(error.instance, dict) else []
+        msgs = []
+        for key in bad:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            full = f"{where}.{key}" if error.absolute_path else key
+            msgs.append(f"unknown key '{full}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; allowed keys: {', '.join(allowed) if allowed else '(none)'}")
+        return "; ".join(msgs) or f"{where}: {error.message}"
+    if error.validator == "enum":
+        hint = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        return (f"'{where}' = {error.instance!r} is not allowed"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; allowed values: {', '.join(map(str, error.validator_value))}")
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[error.validator]
+        return f"'{where}' = {error.instance!r} is invalid: must be {op} {error.validator_value}"
+    if error.validator == "type":
+        return f"'{where}' = {error.instance!r} has the wrong type: expected {error.validator_value}"
+    if error.validator == "required":
+        return f"'{where}': {error.message}"
+    return f"'{where}': {error.message}"
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    """Validate `cfg` against the schema, fill defaults, check cross-references; return a new dict.
+
+    Raises ConfigError listing every problem, each naming its key and the allowed values.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
+    cfg = copy.deepcopy(cfg)
+    root = load_schema()
+    _SCHEMA_DEFS.update(root["$defs"])
+    validator = _DefaultFillingValidator(root)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        lines = list(dict.fromkeys(_explain(e, root) for e in errors))
+        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(lines))
+    # method blocks may be written as `maml:` (null) -> all defaults; an add-on named in the method's name
+    # (`maml+cml`) without a block of its own gets one (`addons: {cml: {}}`), filled with its defaults below
+    for exp in cfg["experiments"].values():
+        for m, hp in list(exp["methods"].items()):
+            if hp is None:
+                exp["methods"][m] = hp = {}
+            names = [a for a in split_method(m)[2] if a in ADDON_KINDS]
+            if names:
+                blocks = hp.setdefault("addons", {})
+                for a in names:
+                    if blocks.get(a) is None:
+                        blocks[a] = {}
+    # a second pass fills the defaults of method blocks that were written as `maml:` (null)
+    list(_DefaultFillingValidator(root).iter_errors(cfg))
+    _check_cross_references(cfg, source)
+    return cfg
+
+
+def _check_cross_references(cfg: dict, source: str) -> None:
+    problems = []
+    seen: dict[tuple, str] = {}
+    for name, exp in cfg["experiments"].items():
+        if exp["dataset"] == "sinusoid" and exp["backbone"] != "mlp":
+            problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: sinusoid needs backbone 'mlp'")
+        if exp["dataset"] != "sinusoid" and exp["backbone"] == "mlp":
+            problems.append(f"'experiments.{name}.backbone' = 'mlp' only fits dataset 'sinusoid'")
+        if exp["dataset"] == "sinusoid" and exp["ways"] != 1:
+            problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
+        if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
+            problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
+        needs = sorted(m for m in exp["methods"] if base_method(m) in PRETRAINED_METHODS)
+        if needs and exp["dataset"] == "sinusoid":
+            problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
+                            f"dataset 'sinusoid' has no classes to pretrain on")
+        for shot in exp["train_overrides"]:
+            if int(shot) not in exp["shots"]:
+                problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
+        for m, hp in exp["methods"].items():
+            problems += addon_problems(f"experiments.{name}.methods.{m}", m, hp, exp["dataset"])
+        for m in exp["methods"]:
+            for k in exp["shots"]:
+                key = (exp["dataset"], m, exp["ways"], k)
+                if key in seen:
+                    problems.append(f"experiments '{seen[key]}' and '{name}' both write results for dataset "
+                                    f"{key[0]}, method {m}, {key[2]}-way {k}-shot: rename or remove one")
+                seen[key] = name
+        problems += _cross_domain_problems(name, exp)
+    for rname, rep in cfg.get("reports", {}).items():
+        for e in rep["experiments"]:
+            if e not in cfg["experiments"]:
+                problems.append(f"'reports.{rname}.experiments' names unknown experiment {e!r}; "
+                                f"allowed: {', '.join(cfg['experiments'])}")
+        if rep.get("cross_domain") and not any(cfg["experiments"][e].get("cross_domain")
+                                               for e in rep["experiments"] if e in cfg["experiments"]):
+            problems.append(f"'reports.{rname}.cross_domain' is true but none of its experiments has `cross_domain` "
+                            "targets")
+        configured = {m for e in rep["experiments"] if e in cfg["experiments"] for m in cfg["experiments"][e]["methods"]}
+        for m in rep.get("methods") or []:
+            if m not in configured:
+                problems.append(f"'reports.{rname}.methods' names {m!r}, which none of its experiments configures; "
+                                f"allowed: {', '.join(sorted(configured))}")
+    if problems:
+        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(problems))
+
+
+def _cross_domain_problems(name: str, exp: dict) -> list[str]:
+    """Cross-domain targets that cannot work: the source itself, regression, shots or methods the experiment does
+    not run, and target test classes that are source training classes (by name, from the shipped split files;
+    evaluation checks the prepared data's names again)."""
+    from .classes import overlap, overlap_error, split_class_names
+
+    problems = []
+    for i, target in enumerate(exp.get("cross_domain") or []):
+        where, dst = f"experiments.{name}.cross_domain.{i}", target["dataset"]
+        if exp["dataset"] == "sinusoid":
+            problems.append(f"'{where}': sinusoid regression runs cannot be tested on an image dataset")
+            continue
+        if dst == exp["dataset"]:
+            problems.append(f"'{where}.dataset' = {dst!r} is the experiment's own dataset (its eval.json)")
+        for k in target.get("shots") or []:
+            if k not in exp["shots"]:
+                problems.append(f"'{where}.shots': {k} is not one of the experiment's shots {exp['shots']}")
+        for m in target.get("methods") or []:
+            if m not in exp["methods"]:
+                problems.append(f"'{where}.methods': {m!r} is not one of the experiment's methods "
+                                f"({', '.join(exp['methods'])})")
+        src_train, dst_test = split_class_names(exp["dataset"], "train"), split_class_names(dst, "test")
+        if src_train is not None and dst_test is not None and overlap(src_train, dst_test):
+            problems.append(f"'{where}': " + overlap_error(exp["dataset"], dst, overlap(src_train, dst_test)))
+    return problems
+
+
+def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Load YAML file(s) (later ones update earlier ones, top-level keys replaced) and validate."""
+    cfg: dict = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        cfg.update(data)
+    if overrides:
+        cfg.update(overrides)
+    return validate_config(cfg, source=", ".join(map(str, paths)) or "config")
+
+
+class SavedConfig:
+    """What RunConfig and PretrainConfig share: the JSON that Snakemake passes as a param (sorted, so equal
+    configs give equal params) and a strict reader of a saved config (unknown or missing keys are named)."""
+    KIND = "config"
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown {cls.KIND} keys {sorted(unknown)}; allowed: {sorted(fields)}")
+        missing = [k for k, f in fields.items()
+                   if k not in d and f.default is f.default_factory]  # no default (both are MISSING)
+        if missing:
+            raise ConfigError(f"{cls.KIND} is missing keys {missing}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RunConfig(SavedConfig):
+    """Everything one meta-training + evaluation run needs; saved as config.yaml beside its results."""
+    KIND = "run config"
+    experiment: str
+    dataset: str
+    dataset_args: dict
+    data_dir: str
+    backbone: str
+    backbone_args: dict
+    method: str
+    method_args: dict
+    ways: int
+    shots: int
+    seed: int
+    train: dict
+    evaluation: dict
+    profile: str = "default"
+    run_dir: str = ""
+    pretrained: str = ""    # backbone.pt of the pretrain stage, for methods in PRETRAINED_METHODS; else ""
+    addons: dict = field(default_factory=dict)   # hyperparameters of the add-ons in `method` ({name: {...}})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        # Left out when empty, so runs that use none of these keep the exact config (and Snakemake params) they
+        # had before the fields existed: adding them must not re-run every finished job.
+        for k in ("pretrained", "addons"):
+            if not d[k]:
+                del d[k]
+        return d
+
+
+
+def run_dir(cfg: dict, dataset: str, method: str, ways: int, shots: int, seed: int) -> str:
+    return f"{cfg['results_dir']}/{dataset}/{method}/{ways}way{shots}shot/seed{seed}"
+
+
+def backbone_label(backbone: str, backbone_args: dict) -> str:
+    """The backbone's identity as one path segment: 'conv4-64' (filters), 'mlp-40x40' (hidden),
+    'resnet12-64-drop0.1'; other args as '-<key><value>'. Args left at the class default are not
+    filled in (Snakemake must not import torch), so `conv4` with no args is labelled 'conv4'."""
+    parts = [backbone]
+    args = dict(backbone_args)
+    if args.get("filters") is not None:
+        parts.append(str(args.pop("filters")))
+    if args.get("hidden") is not None:
+        parts.append("x".join(str(h) for h in args.pop("hidden")))
+    if args.get("drop_rate") is not None:
+        parts.append(f"drop{args.pop('drop_rate')}")
+    parts += [f"{k}{v}" for k, v in sorted(args.items())]
+    return "-".join(parts)
+
+
+def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, seed: int) -> str:
+    """{results_dir}/{dataset}/pretrain/{backbone label}/seed{seed}: one pretraining per dataset, backbone, seed."""
+    return f"{cfg['results_dir']}/{dataset}/pretrain/{backbone_label(backbone, backbone_args)}/seed{seed}"
+
+
+def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) -> RunConfig:
+    if experiment not in cfg["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; allowed: {', '.join(cfg['experiments'])}")
+    exp = cfg["experiments"][experiment]
+    if method not in exp["methods"]:
+        raise ConfigError(f"method {method!r} is not configured in experiments.{experiment}.methods; "
+                          f"allowed: {', '.join(exp['methods'])}")
+    if shots not in exp["shots"]:
+        raise ConfigError(f"shots={shots} is not in experiments.{experiment}.shots {exp['shots']}")
+    train = dict(exp["train"])
+    train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
+    dataset = exp["dataset"]
+    pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed)}/backbone.pt"
+                  if base_method(method) in PRETRAINED_METHODS else "")
+    return RunConfig(
+        experiment=experiment, dataset=dataset,
+        dataset_args=dataset_args(cfg, dataset), data_dir=f"{cfg['data']['dir']}/{dataset}",
+        backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
+        method=method, method_args={k: v for k, v in exp["methods"][method].items() if k != "addons"},
+        addons=copy.deepcopy(exp["methods"][method].get("addons") or {}),
+        ways=exp["ways"], shots=shots, seed=seed, train=train,
+        evaluation={**cfg["evaluation"], **(exp.get("evaluation") or {})}, profile=cfg["profile"],
+        run_dir=run_dir(cfg, dataset, method, exp["ways"], shots, seed), pretrained=pretrained,
+    )
+
+
+@dataclass(frozen=True)
+class PretrainConfig(SavedConfig):
+    """One pretraining run (a classifier over all meta-train classes); saved as config.yaml beside backbone.pt."""
+    KIND = "pretrain config"
+    dataset: str
+    dataset_args: dict
+    data_dir: str
+    backbone: str
+    backbone_args: dict
+    seed: int
+    pretrain: dict          # the dataset's resolved `pretrain:` block
+    val_seed: int           # evaluation.seed: the fixed validation episodes are those meta-training validates on
+    profile: str = "default"
+    out_dir: str = ""
+
+
+
+@dataclass(frozen=True)
+class Pretrain:
+    dataset: str
+    backbone: str
+    backbone_args: dict
+    label: str
+    seed: int
+    out_dir: str
+
+
+def iter_pretrains(cfg: dict) -> list[Pretrain]:
+    """The pretraining runs the config needs: one per (dataset, backbone, seed) of every experiment that has
+    a method in PRETRAINED_METHODS, in a stable order without duplicates."""
+    out: dict[str, Pretrain] = {}
+    for exp in cfg["experiments"].values():
+        if not any(base_method(m) in PRETRAINED_METHODS for m in exp["methods"]):
+            continue
+        for seed in cfg["seeds"]:
+            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed)
+            out.setdefault(d, Pretrain(exp["dataset"], exp["backbone"], dict(exp["backbone_args"]),
+                                       backbone_label(exp["backbone"], exp["backbone_args"]), seed, d))
+    return list(out.values())
+
+
+def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> PretrainConfig:
+    """The PretrainConfig of {results_dir}/{dataset}/pretrain/{label}/seed{seed}."""
+    found = [p for p in iter_pretrains(cfg) if (p.dataset, p.label, p.seed) == (dataset, label, seed)]
+    if not found:
+        known = sorted({f"{p.dataset}/{p.label}/seed{p.seed}" for p in iter_pretrains(cfg)})
+        raise ConfigError(f"no experiment needs pretraining for dataset={dataset} backbone={label} seed={seed} "
+                          f"(only experiments listing {', '.join(sorted(PRETRAINED_METHODS))} do); "
+                          f"needed: {', '.join(known) or '(none)'}")
+    p = found[0]
+    return PretrainConfig(
+        dataset=dataset, dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
+        data_dir=f"{cfg['data']['dir']}/{dataset}", backbone=p.backbone, backbone_args=dict(p.backbone_args),
+        seed=seed, pretrain=dict(cfg["pretrain"].get(dataset) or _pretrain_defaults(dataset)),
+        val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)
+
+
+def dataset_args(cfg: dict, dataset: str) -> dict:
+    """A dataset's resolved options block (the config's, else the schema defaults)."""
+    return dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset))
+
+
+def _pretrain_defaults(dataset: str) -> dict:
+    """Defaults of a dataset's `pretrain:` block when the config does not mention the dataset."""
+    cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": {
+        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    return cfg["pretrain"][dataset]
+
+
+def _dataset_defaults(dataset: str) -> dict:
+    """Defaults of a dataset's options block when the config does not mention the dataset."""
+    cfg = validate_config({"datasets": {dataset: {}}, "experiments": {"x": {
+        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    return cfg["datasets"][dataset]
+
+
+@dataclass(frozen=True)
+class Run:
+    experiment: str
+    dataset: str
+    method: str
+    ways: int
+    shots: int
+    seed: int
+    run_dir: str
+
+
+def iter_runs(cfg: dict, experiments: Iterable[str] | None = None) -> list[Run]:
+    """Every (experiment, method, shots, seed) run the config asks for, in a stable order."""
+    out = []
+    for name, exp in cfg["experiments"].items():
+        if experiments is not None and name not in experiments:
+            continue
+        for method in exp["methods"]:
+            for shots in exp["shots"]:
+                for seed in cfg["seeds"]:
+                    out.append(Run(name, exp["dataset"], method, exp["ways"], shots, seed,
+                                   run_dir(cfg, exp["dataset"], method, exp["ways"], shots, seed)))
+    return out
+
+
+def find_experiment(cfg: dict, dataset: str, method: str, ways: int, shots: int) -> str:
+    for name, exp in cfg["experiments"].items():
+        if exp["dataset"] == dataset and method in exp["methods"] and exp["ways"] == ways and shots in exp["shots"]:
+            return name
+    raise ConfigError(f"no experiment in the config runs dataset={dataset} method={method} "
+                      f"ways={ways} shots={shots}")
+
+
+def used_datasets(cfg: dict) -> list[str]:
+    """Every dataset the config trains on or tests on (cross-domain targets are downloaded and prepared too)."""
+    return sorted({exp["dataset"] for exp in cfg["experiments"].values()}
+                  | {t["dataset"] for exp in cfg["experiments"].values() for t in exp.get("cross_domain") or []})
+
+
+def iter_cross_domain(cfg: dict, experiments: Iterable[str] | None = None) -> list[tuple[Run, str]]:
+    """Every (run, target dataset) cross-domain evaluation the config asks for, in a stable order."""
+    out = []
+    for run in iter_runs(cfg, experiments):
+        for target in cfg["experiments"][run.experiment].get("cross_domain") or []:
+            if run.shots in (target.get("shots") or [run.shots]) and run.method in (target.get("methods") or [run.method]):
+                out.append((run, target["dataset"]))
+    return out

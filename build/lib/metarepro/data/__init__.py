@@ -1,0 +1,113 @@
+"""Dataset registry: the only place a dataset name is bound to code.
+
+Each entry says how the dataset is obtained (download + prepare into the compact format of
+store.py, or generated on the fly) and whether tasks are classification or regression.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .episodes import ImageEpisodes, SinusoidEpisodes, TaskSampler, eval_seed
+from .sinusoid import SinusoidTasks
+from .store import ImageSplit, load_split
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task_type: str                 # "classification" | "regression"
+    module: str | None = None      # module with prepare(raw_dir, out_dir, options); None: generated
+    prepare_fn: str = "prepare"
+    normalize: bool = True         # per-channel mean/std from the train split (False: raw [0, 1])
+
+    @property
+    def generated(self) -> bool:
+        return self.module is None
+
+    def prepare(self) -> Callable:
+        mod = importlib.import_module(f"{__name__}.{self.module}")
+        return getattr(mod, self.prepare_fn)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "sinusoid": DatasetSpec("sinusoid", "regression"),
+    "omniglot": DatasetSpec("omniglot", "classification", "omniglot", normalize=False),
+    "cifarfs": DatasetSpec("cifarfs", "classification", "cifar", "prepare_cifarfs"),
+    "fc100": DatasetSpec("fc100", "classification", "cifar", "prepare_fc100"),
+    "miniimagenet": DatasetSpec("miniimagenet", "classification", "miniimagenet"),
+    "tieredimagenet": DatasetSpec("tieredimagenet", "classification", "tieredimagenet"),
+    "cub": DatasetSpec("cub", "classification", "cub"),
+}
+
+
+def get(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@lru_cache(maxsize=8)
+def cached_split(data_dir: str, split: str) -> ImageSplit:
+    """A prepared split, loaded once per process."""
+    return load_split(data_dir, split)
+
+
+@lru_cache(maxsize=8)
+def train_stats(data_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    imgs = cached_split(data_dir, "train").images
+    sample = imgs[:: max(1, len(imgs) // 5000)].astype(np.float32) / 255.0  # (n, H, W, C)
+    return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(sample.std(axis=(0, 1, 2)).clip(1e-3).tolist())
+
+
+def normalization(dataset: str, data_dir: str) -> dict | None:
+    """The per-channel input normalisation of a dataset's episodes, {"mean": [...], "std": [...]} from its train
+    split; None when images stay in [0, 1] (Omniglot) or the data is generated."""
+    spec = get(dataset)
+    if spec.generated or not spec.normalize:
+        return None
+    mean, std = train_stats(str(Path(data_dir)))
+    return {"mean": list(mean), "std": list(std)}
+
+
+def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: int, shots: int,
+             queries: int, seed: int, model_input: tuple[tuple[int, ...], dict | None] | None = None
+             ) -> ImageEpisodes | SinusoidEpisodes:
+    """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol.
+
+    `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
+    evaluation): images are converted to that shape and normalised with that model's training statistics
+    (`normalization`, None: left in [0, 1]) instead of this dataset's."""
+    spec = get(dataset)
+    if spec.generated:
+        return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
+    data = cached_split(str(Path(data_dir)), split)
+    rotations = bool(dataset_args.get("rotations", False))
+    if model_input is not None:
+        shape, norm = model_input
+        return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, out_shape=shape,
+                             mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
+    mean, std = train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
+    return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, mean=mean, std=std)
+
+
+def class_names(data_dir: str, split: str) -> list[str]:
+    """The class names of a prepared split."""
+    return [str(c) for c in cached_split(str(Path(data_dir)), split).class_names]
+
+
+def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
+    if get(dataset).generated:
+        return (1,)
+    h, w, c = cached_split(str(Path(data_dir)), "train").images.shape[1:]
+    return (c, h, w)
+
+
+__all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "normalization", "class_names",
+           "cached_split", "train_stats",
+           "TaskSampler"]

@@ -1,0 +1,33 @@
+"""Sinusoid regression tasks (Finn et al. 2017, Sec. 5.1).
+
+y = A sin(x - phi), A ~ U[0.1, 5], phi ~ U[0, pi], x ~ U[-5, 5]; K support and Q query points per task.
+Generated on the fly: no download, no prepare.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..task import Task
+
+
+class SinusoidTasks:
+    def __init__(self, amplitude: Sequence[float] = (0.1, 5.0), phase: Sequence[float] = (0.0, math.pi),
+                 x_range: Sequence[float] = (-5.0, 5.0)) -> None:
+        self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
+
+    def task(self, rng: np.random.Generator, shots: int, queries: int) -> Task:
+        amp = rng.uniform(*self.amplitude)
+        phase = rng.uniform(*self.phase)
+        x = rng.uniform(*self.x_range, size=(shots + queries, 1))
+        y = amp * np.sin(x - phase)
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        return Task(xt[:shots], yt[:shots], xt[shots:], yt[shots:], info={"amplitude": amp, "phase": phase})
+
+    def curve(self, amp: float, phase: float, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+        x = np.linspace(*self.x_range, n)
+        return x, amp * np.sin(x - phase)

@@ -1,0 +1,182 @@
+"""Evaluation on fixed test episodes: mean, 95% CI and per-episode scores after 0..K inner steps.
+
+The episodes are a pure function of (dataset, split, ways, shots, evaluation seed), so every method
+is evaluated on identical episodes (see `episode_set` in eval.json) and can be compared pair-wise.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import data as datasets
+from .runtime import load_learner
+from .stats import mean_ci95 as mean_ci
+from .classes import overlap, overlap_error
+from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
+
+log = logging.getLogger("metarepro.evaluate")
+
+TEST_SPLIT = "test"
+N_FITS = 3          # sinusoid tasks drawn for the Finn et al. Fig. 2-style plot
+FIT_STEPS = (0, 1, 10)
+
+
+def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto",
+             shots: int | None = None, target: str | None = None, target_dir: str | None = None,
+             target_options: dict | None = None) -> Path:
+    """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json. With `shots` other than the
+    run's training shots, on the fixed `shots`-shot episodes instead -> run_dir/eval_{shots}shot.json (e.g. Li et
+    al.'s 5-shot-trained sinusoid models tested with 10 and 20 points); those are the episodes a `shots`-shot
+    run is tested on, so the two compare pair-wise.
+
+    Cross-domain: with `target` (a dataset prepared in `target_dir`, options `target_options`), on the target's
+    fixed test episodes -> run_dir/eval_xdomain_{target}.json: the same episodes that runs trained on the target
+    are tested on, converted to the run's input shape and channels and normalised with the run's own training
+    statistics (stored in model.pt). Refused, naming the classes, when target test classes are source training
+    classes."""
+    run_dir = Path(run_dir)
+    if shots is not None and shots < 1:
+        raise MetareproError(f"--shots must be >= 1, got {shots}")
+    if target is not None and (shots is not None or not target_dir):
+        raise MetareproError("a cross-domain evaluation (--target) needs --target-data and takes no --shots")
+    model_path = run_dir / "model.pt"
+    if not model_path.exists():
+        raise MetareproError(f"{model_path} not found: run `python -m metarepro metatrain` for this run first")
+    set_threads(threads)
+    device = resolve_device(device)
+    learner, run, state = load_learner(model_path, device)
+    ev = run.evaluation
+    k = run.shots if shots is None else int(shots)
+    dataset, dataset_args, data_dir, model_input, xdomain = run.dataset, run.dataset_args, run.data_dir, None, None
+    if target is not None:
+        xdomain = cross_domain_input(run, state, target, str(target_dir))
+        dataset, dataset_args, data_dir = target, dict(target_options or {}), str(target_dir)
+        model_input = (tuple(xdomain["input_shape"]), xdomain["normalization"])
+    seed = datasets.eval_seed(ev["seed"], dataset, TEST_SPLIT, run.ways, k)
+    eps = datasets.episodes(dataset, dataset_args, data_dir, TEST_SPLIT, run.ways, k, ev["queries"], seed, model_input)
+    steps = learner.eval_inner_steps
+    # The score after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first
+    # `curve_episodes` episodes; the headline score after the last step on all of them.
+    n_curve = min(int(ev.get("curve_episodes", ev["episodes"])), ev["episodes"])
+    t0 = time.perf_counter()
+    by_step = np.full((n_curve, steps + 1), np.nan)
+    final = np.zeros(ev["episodes"])
+    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset}"
+               + (f"->{target}" if target else "") + f" {run.ways}w{k}s",
+               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
+    diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
+    for i in bar:
+        with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
+            scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
+        if i < n_curve:
+            by_step[i] = scores
+            if diag is not None:
+                diagnostics.append(diag)
+        final[i] = scores[-1]
+    wall = time.perf_counter() - t0
+    mean, ci = mean_ci(final)
+    result: dict[str, Any] = {
+        "run": run.to_dict(),
+        "metric": "accuracy" if learner.task_type == "classification" else "mse",
+        "split": TEST_SPLIT,
+        "test_shots": k,            # = run.shots unless evaluated at other shots (eval_{k}shot.json)
+        "episodes": int(ev["episodes"]),
+        "queries": int(ev["queries"]),
+        "episode_set": eps.fingerprint(ev["episodes"]),
+        "inner_steps": steps,
+        "mean": mean,
+        "ci95": ci,
+        "std": float(final.std(ddof=1)) if len(final) > 1 else 0.0,
+        "per_episode": final.tolist(),
+        # by_step[j]: after j inner steps, over the first `curve_episodes` episodes (the last step's entry
+        # equals `mean` when curve_episodes == episodes)
+        "curve_episodes": n_curve,
+        "by_step": {str(j): dict(zip(("mean", "ci95"), mean_ci(by_step[:, j]))) for j in range(steps + 1)},
+        "wall_time_s": wall,
+        "adapt_time_per_task_s": wall / max(1, ev["episodes"]),
+        "peak_memory_mb": peak_memory_mb(),
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        "device": device,
+        "git_revision": git_revision(),
+        "checkpoint": {"iteration": state["best_iteration"], "val_mean": state["val_mean"],
+                       "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
+        "parameters": sum(p.numel() for p in learner.parameters()),
+    }
+    result.update(summarize_diagnostics(diagnostics))
+    if run.dataset == "sinusoid":
+        result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
+    if xdomain is not None:
+        result["cross_domain"] = xdomain
+        out = run_dir / f"eval_xdomain_{target}.json"
+    else:
+        out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
+    write_json_atomic(out, result)
+    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
+             ci, ev["episodes"], k, dataset, steps)
+    return out
+
+
+def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> dict[str, Any]:
+    """How the target's test images reach the run's model: its input shape and normalisation (from model.pt,
+    else recomputed from the source's prepared data), after checking that the pair is allowed. Everything is
+    checked before any episode is scored."""
+    if datasets.get(target).generated or datasets.get(run.dataset).generated:
+        raise MetareproError(f"cross-domain evaluation needs image datasets; got {run.dataset} -> {target}")
+    if target == run.dataset:
+        raise MetareproError(f"cross-domain target {target!r} is the run's own dataset: that is eval.json")
+    shared = overlap(datasets.class_names(run.data_dir, "train"), datasets.class_names(target_dir, TEST_SPLIT))
+    if shared:
+        raise MetareproError(overlap_error(run.dataset, target, shared))
+    shape = state.get("input_shape") or list(datasets.input_shape(run.dataset, run.data_dir))
+    norm = state["normalization"] if "normalization" in state else datasets.normalization(run.dataset, run.data_dir)
+    return {"source": run.dataset, "target": target, "input_shape": list(shape),
+            "target_image_shape": list(datasets.input_shape(target, target_dir)),
+            "normalization": norm, "normalization_from": f"{run.dataset} train split (the run's own)",
+            "conversion": "channels 1->3 repeat / 3->1 BT.601 luma; antialiased bilinear resize to input_shape"}
+
+
+def summarize_diagnostics(per_episode: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Episodes' record_diagnostics dicts -> eval.json entries, one per group (e.g. "gates"): a per-step
+    series becomes {"mean": [...], "ci95": [...]} over the episodes, a {name: series} mapping the per-step
+    mean of each name; "episodes" says how many episodes they summarize. No episodes: no entries."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, first in (per_episode[0].items() if per_episode else ()):
+        entry: dict[str, Any] = {}
+        for key, value in first.items():
+            if isinstance(value, Mapping):
+                entry[key] = {name: np.mean([d[group][key][name] for d in per_episode], axis=0).tolist()
+                              for name in value}
+            else:
+                a = np.array([d[group][key] for d in per_episode], dtype=np.float64)   # (episodes, steps)
+                stats = [mean_ci(a[:, j]) for j in range(a.shape[1])]
+                entry[key] = {"mean": [m for m, _ in stats], "ci95": [c for _, c in stats]}
+        entry["episodes"] = len(per_episode)
+        out[group] = entry
+    return out
+
+
+def sinusoid_fits(learner, eps, steps: int) -> list[dict]:
+    """Predictions on a dense grid before and after 1..steps inner steps for a few fixed test tasks."""
+    fits = []
+    for i in range(N_FITS):
+        task = eps.episode(i)
+        amp, phase = task.info["amplitude"], task.info["phase"]
+        xg, yg = eps.tasks.curve(amp, phase)
+        grid = torch.as_tensor(xg, dtype=torch.float32).view(-1, 1)
+        preds = {}
+        for learner_j in learner.adapt_trajectory(task, steps, create_graph=False):
+            if learner_j.step in FIT_STEPS or learner_j.step == steps:
+                with torch.no_grad():
+                    preds[str(learner_j.step)] = learner_j(grid).view(-1).tolist()
+        fits.append({"amplitude": amp, "phase": phase, "x_support": task.x_support.view(-1).tolist(),
+                     "y_support": task.y_support.view(-1).tolist(), "x_grid": xg.tolist(), "y_true": yg.tolist(),
+                     "y_pred": preds})
+    return fits

@@ -1,0 +1,43 @@
+"""Method registry: the only place a method name is bound to code."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+from .base import Learner, MetaLearner, Task
+from .finetune import Finetune
+from .maml import FOMAML, MAML
+from .mamlpp import MAMLpp
+from .matchingnet import MatchingNet
+from .metalstm import MetaLSTM
+from .metasgd import MetaSGD
+from .nearest_neighbor import NearestNeighbor
+from .pamela import PAMELA
+from .protonet import ProtoNet
+
+METHODS: dict[str, type[MetaLearner]] = {
+    "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
+    "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
+}
+
+
+VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
+
+
+def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLearner:
+    """Build method `name` around `model`; unknown names get an error listing the known ones.
+
+    A variant `<method>@<tag>` (metarepro.config.VARIANT_SEP) builds <method> with `hparams`: the variant's
+    switches are its config block, the tag only names the run. Add-ons after the name (`maml+cml`) are built by
+    metarepro.addons, not here: the method itself never knows about them.
+    """
+    m = VARIANT.match(name)
+    if m is None or m["base"] not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
+                       "(or <method>@<tag> and/or <method>+<addon>, of a-z, 0-9, _)")
+    return METHODS[m["base"]](model, task_type=task_type, **hparams)
+
+
+__all__ = ["METHODS", "build", "Learner", "MetaLearner", "Task"]

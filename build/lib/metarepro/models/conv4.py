@@ -1,0 +1,44 @@
+"""Conv-4 backbone (Vinyals et al. 2016; Finn et al. 2017): 4 x [conv3x3 -> BN -> ReLU -> maxpool2] + linear head.
+
+Filters 32 (Ravi & Larochelle / MAML miniImageNet), 48 (MAML++) or 64 (MAML Omniglot).
+Batch norm keeps no running statistics by default: as in Finn et al.'s code, it always normalises with
+the current batch (transductive at test time), which is what every MAML-family paper reports.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, padding=1),
+        nn.BatchNorm2d(cout, track_running_stats=running_stats),
+        nn.ReLU(inplace=False),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    # the feature map before the last pooling (ReLU of block 4): what CML's co-learner reads
+    feature_map = "features.3.2"
+
+    def __init__(self, in_shape: tuple[int, int, int], out_dim: int, filters: int = 64,
+                 bn_running_stats: bool = False) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        self.features = nn.Sequential(
+            conv_block(c, filters, bn_running_stats),
+            conv_block(filters, filters, bn_running_stats),
+            conv_block(filters, filters, bn_running_stats),
+            conv_block(filters, filters, bn_running_stats),
+            nn.Flatten(),
+        )
+        # 28 -> 1x1, 32 -> 2x2, 84 -> 5x5 spatial after four 2x2 pools
+        self.feature_dim = filters * (h // 16) * (w // 16)
+        if self.feature_dim == 0:
+            raise ValueError(f"Conv4 needs inputs of at least 16x16, got {h}x{w}")
+        self.head = nn.Linear(self.feature_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, out_dim)
+        return self.head(self.features(x))

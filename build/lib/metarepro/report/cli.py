@@ -1,0 +1,222 @@
+"""`python -m metarepro report {table,complexity,xdomain,figure,index}`: the report stage's command line (torch-free)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..utils import MetareproError, write_text_atomic
+
+FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance")
+# caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
+FIGURE_CAPTIONS = {
+    "curves": "meta-training loss and validation score vs iteration",
+    "inner_steps": "test score (mean ± 95% CI) vs number of inner gradient steps",
+    "sinusoid_fits": "sinusoid fits before and after inner steps (cf. Finn et al. 2017, Fig. 2)",
+    "gates": "input and forget gate values vs inner step (Meta-LSTM; cf. Ravi & Larochelle 2017, Fig. 2)",
+    "loss_variance": "variance of the inner-loop loss across validation tasks and validation score vs iteration "
+                     "(cf. Rajasegaran et al. 2020, PAMELA vs MAML)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metarepro report", description="Render report tables, figures and the index.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("table", help="ours-vs-paper table: writes NAME.md and NAME.csv")
+    t.add_argument("--name", required=True, help="table name (the output's file stem)")
+    t.add_argument("--title", help="heading of the Markdown table (default: NAME)")
+    t.add_argument("--paper", default="config/paper_results.csv",
+                   help="published numbers CSV (default: %(default)s); 'none' for no paper columns")
+    t.add_argument("--out", help="output .md (default: reports/tables/NAME.md); the .csv goes beside it")
+    t.add_argument("evals", nargs="+", metavar="EVAL_JSON")
+
+    # Its own subcommand rather than a `table` flag: it reads run directories (eval.json + config.yaml),
+    # not eval.json files and the paper csv, and writes a second file pair, so its rule reruns on its own.
+    c = sub.add_parser("complexity", help="parameters, time and memory per method: writes NAME_complexity.md/.csv")
+    c.add_argument("--name", required=True, help="report name; the output's file stem is NAME_complexity")
+    c.add_argument("--title", help="heading of the Markdown table (default: NAME: complexity)")
+    c.add_argument("--out", help="output .md (default: reports/tables/NAME_complexity.md); the .csv goes beside it")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding eval.json and config.yaml")
+
+    x = sub.add_parser("xdomain", help="cross-domain table: in-domain beside cross-domain accuracy, paired tests: "
+                                       "writes NAME_xdomain.md/.csv")
+    x.add_argument("--name", required=True, help="report name; the output's file stem is NAME_xdomain")
+    x.add_argument("--title", help="heading of the Markdown table (default: NAME: cross-domain)")
+    x.add_argument("--out", help="output .md (default: reports/tables/NAME_xdomain.md); the .csv goes beside it")
+    x.add_argument("evals", nargs="+", metavar="EVAL_JSON",
+                   help="eval_xdomain_<target>.json files and the in-domain eval.json files to set beside them")
+
+    f = sub.add_parser("figure", help="a PNG figure")
+    f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
+    f.add_argument("--out", required=True, help="output .png")
+    f.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="run directories (curves, loss_variance) or eval.json files (inner_steps, sinusoid_fits, "
+                        "gates)")
+
+    i = sub.add_parser("index", help="reports/README.md listing tables and figures")
+    i.add_argument("--out", required=True, help="output README.md")
+    i.add_argument("files", nargs="+", metavar="FILE", help="table .md/.csv and figure .png files")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:   # tolerate being handed the subcommand name too
+        argv = argv[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:    # --help or a usage error (argparse has printed it)
+        return int(exc.code or 0)
+    # the job's log (stderr) gets the notes figures make, e.g. which runs a figure skipped
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "table":
+            out = Path(args.out or f"reports/tables/{args.name}.md")
+            if out.stem != args.name:
+                raise MetareproError(f"--out {out} does not match --name {args.name} (expected .../{args.name}.md)")
+            from .tables import make_table
+
+            paper = None if str(args.paper).lower() == "none" else args.paper
+            md, csv_path = make_table(args.evals, out, args.title or args.name, paper)
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "complexity":
+            out = Path(args.out or f"reports/tables/{args.name}_complexity.md")
+            if out.stem != f"{args.name}_complexity":
+                raise MetareproError(f"--out {out} does not match --name {args.name} "
+                                     f"(expected .../{args.name}_complexity.md)")
+            from .complexity import make_complexity_table
+
+            md, csv_path = make_complexity_table(args.run_dirs, out, args.title or f"{args.name}: complexity")
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "xdomain":
+            out = Path(args.out or f"reports/tables/{args.name}_xdomain.md")
+            if out.stem != f"{args.name}_xdomain":
+                raise MetareproError(f"--out {out} does not match --name {args.name} (expected .../{args.name}_xdomain.md)")
+            from .xdomain import make_xdomain_table
+
+            md, csv_path = make_xdomain_table(args.evals, out, args.title or f"{args.name}: cross-domain")
+            print(f"wrote {md} and {csv_path}")
+        elif args.command == "figure":
+            from .figures import FIGURES
+
+            print(f"wrote {FIGURES[args.kind](args.inputs, args.out)}")
+        else:
+            print(f"wrote {write_index(args.files, args.out)}")
+    except MetareproError as exc:
+        print(f"metarepro report {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- index
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def _md_title(md: Path) -> str:
+    for line in md.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return md.stem
+
+
+def _table_profile(md: Path) -> str:
+    """Profile(s) from the sibling CSV's `profile` column, else from the Notes' "profile(s) **X**"."""
+    csv_path = md.with_suffix(".csv")
+    if csv_path.exists():
+        rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+        vals = [v.strip() for r in rows for v in (r.get("profile") or "").split(",") if v.strip()]
+        if vals:
+            return ", ".join(dict.fromkeys(vals))
+    if md.suffix == ".md":
+        m = re.search(r"profile\(s\) \*\*([^*]+)\*\*", md.read_text())
+        if m:
+            return m.group(1)
+    return "unknown"
+
+
+def figure_caption(stem: str) -> str:
+    """`maml_omniglot_inner_steps` -> "maml omniglot: test score ... vs number of inner gradient steps"."""
+    for kind, text in FIGURE_CAPTIONS.items():
+        if stem == kind or stem.endswith("_" + kind) or stem.endswith("-" + kind):
+            prefix = _humanize(stem[: -len(kind)].strip("_-"))
+            return f"{prefix}: {text}" if prefix else text[0].upper() + text[1:]
+    return _humanize(stem)
+
+
+def _humanize(stem: str) -> str:
+    """`maml_omniglot` -> "MAML Omniglot" (method and dataset names get their paper spelling)."""
+    from .tables import DATASET_LABELS, method_label
+
+    words = [w for w in re.split(r"[_\-\s]+", stem) if w]
+    return " ".join(DATASET_LABELS.get(w, method_label(w)) for w in words)
+
+
+def write_index(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    from .figures import read_png_profile
+
+    out = Path(out)
+    base = out.parent if str(out.parent) else Path(".")
+    tables: dict[Path, dict] = {}     # keyed by the .md path, so NAME.md and NAME.csv share one line
+    figures, others = [], []
+    by_profile: dict[str, list[str]] = {}
+    for f in map(Path, files):
+        if not f.is_file():
+            raise MetareproError(f"report index: {f} does not exist or is not a file")
+        ext = f.suffix.lower()
+        if ext in (".md", ".csv"):
+            entry = tables.setdefault(f.with_suffix(".md"), {"md": None, "csv": None})
+            entry["md" if ext == ".md" else "csv"] = f
+        elif ext == ".png":
+            figures.append(f)
+        else:
+            others.append(f)
+
+    lines = ["# Reports", "",
+             "Generated by `python -m metarepro report index`; every table sets our numbers beside the "
+             "published ones (see each table's Notes for protocol, budget and sources).", ""]
+    if tables:
+        lines += ["## Tables", "", "| Table | Profile | Files |", "|---|---|---|"]
+        for key, e in tables.items():
+            md, csv_path = e["md"], e["csv"]
+            main_file = md or csv_path
+            title = _md_title(md) if md else main_file.stem
+            profile = _table_profile(md or csv_path)
+            links = [f"[{p.suffix[1:]}]({_rel(p, base)})" for p in (md, csv_path) if p]
+            lines.append(f"| [{title}]({_rel(main_file, base)}) | {profile} | {', '.join(links)} |")
+            for prof in profile.split(", "):
+                by_profile.setdefault(prof, []).append(f"table `{main_file.stem}`")
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        for f in figures:
+            profile = read_png_profile(f) or "unknown"
+            caption = figure_caption(f.stem)
+            lines += [f"### {f.stem}", "", f"![{caption}]({_rel(f, base)})", "",
+                      f"*{caption[0].upper() + caption[1:]}.* Config profile: {profile}.", ""]
+            for prof in profile.split(", "):
+                by_profile.setdefault(prof, []).append(f"figure `{f.stem}`")
+    if others:
+        lines += ["## Other files", ""] + [f"- [{f.name}]({_rel(f, base)})" for f in others] + [""]
+    lines += ["## Which config profile produced what", ""]
+    if by_profile:
+        lines += [f"- **{prof}**: {', '.join(items)}" for prof, items in by_profile.items()]
+    else:
+        lines.append("- (nothing indexed)")
+    lines += ["", "Profiles: `default` = config/config.yaml (the quick laptop-CPU reproduction); other "
+              "profiles are named by the config file's `profile` key (e.g. config/paper.yaml for the "
+              "published protocols).", ""]
+    write_text_atomic(out, "\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,579 @@
+"""Ours-vs-paper tables (Markdown + CSV) from eval.json files and config/paper_results.csv.
+
+Torch-free on purpose: reports run in the Snakemake environment. Statistics use numpy/math only
+(scipy is not a dependency): the Student-t CDF is computed exactly through the regularized
+incomplete beta function, the Wilcoxon signed-rank test through its normal approximation.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+import yaml
+
+from ..stats import Paired, mean_ci95, paired_test, seed_mean_ci95
+from ..utils import MetareproError, write_text_atomic
+
+# Our method name -> the label the papers (and config/paper_results.csv's `method` column) use.
+METHOD_LABELS: dict[str, str] = {
+    "maml": "MAML",
+    "fomaml": "FO-MAML",
+    "metasgd": "Meta-SGD",
+    "mamlpp": "MAML++",
+    "pamela": "PAMELA",
+    "metalstm": "Meta-LSTM",
+    "protonet": "ProtoNet",
+    "matchingnet": "Matching Networks",
+    "finetune": "Fine-tune baseline",
+    "nearest_neighbor": "Nearest-neighbor baseline",
+    "boil": "BOIL",
+    "mtl": "MTL",
+}
+# Method variants (`<method>@<tag>`, metarepro.config.VARIANT_SEP) named after the paper's own row labels, so the
+# ablation rows meet their published numbers; config/paper.yaml gives each the switches its label says
+# (tests/unit/test_paper_protocols.py checks them). Other variants are labelled "<method label> (<tag>)".
+VARIANT_LABELS: dict[str, str] = {
+    "pamela@maml": "MAML",                                  # q_mode none, no skip: MAML in PAMELA's code
+    "pamela@q_shared": "MAML + single Q (multi-step)",      # one Q for all steps, no skip
+    "pamela@q_per_step": "MAML + per-step Q_j",             # Q_j per step, no skip
+    "pamela@skip": "MAML + P^w skip",                       # scalar inner lr, P^w skip
+    "pamela@window": "PAMELA, window skips (our earlier reading)",   # Q_j + P^w, skip_mode window
+    "mamlpp@maml": "MAML",                                  # every MAML++ fix off
+    "mamlpp@bn": "MAML + BNRS + BNWB",                      # per-step batch norm only
+    "mamlpp@lslr": "MAML + LSLR",
+    "mamlpp@ca": "MAML + CA",
+    "mamlpp@msl": "MAML + MSL",
+    "mamlpp@da": "MAML + DA",                               # derivative-order annealing only
+    "matchingnet@fce": "Matching Networks FCE",
+}
+# Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
+MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
+# The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
+PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
+                                              "Matching Networks FCE": ("Matching Network FCE",)}
+
+DATASET_ORDER = ["sinusoid", "omniglot", "cifarfs", "fc100", "miniimagenet", "tieredimagenet", "cub"]
+DATASET_LABELS = {"sinusoid": "Sinusoid", "omniglot": "Omniglot", "cifarfs": "CIFAR-FS", "fc100": "FC100",
+                  "miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cub": "CUB"}
+REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
+TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
+DASH = "—"
+PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
+EVAL_REQUIRED = ("run", "metric", "mean", "ci95")
+RUN_REQUIRED = ("dataset", "method", "ways", "shots", "seed")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_eval(path: str | os.PathLike) -> dict:
+    """Read and check one eval.json; any problem raises MetareproError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MetareproError(f"cannot read evaluation file {path}: {exc.strerror or exc}") from exc
+    try:
+        ev = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MetareproError(f"evaluation file {path} is not valid JSON: {exc}") from exc
+    problems = []
+    if not isinstance(ev, dict):
+        raise MetareproError(f"evaluation file {path} is malformed: expected a JSON object, got {type(ev).__name__}")
+    problems += [f"missing key '{k}'" for k in EVAL_REQUIRED if k not in ev]
+    run = ev.get("run")
+    if "run" in ev and not isinstance(run, dict):
+        problems.append("'run' is not an object")
+    elif isinstance(run, dict):
+        problems += [f"missing key 'run.{k}'" for k in RUN_REQUIRED if k not in run]
+    if "metric" in ev and ev["metric"] not in ("accuracy", "mse"):
+        problems.append(f"'metric' = {ev['metric']!r}; allowed: accuracy, mse")
+    for k in ("mean", "ci95"):
+        if k in ev and not _is_number(ev[k]):
+            problems.append(f"'{k}' = {ev[k]!r} is not a number")
+    pe = ev.get("per_episode")
+    if pe is not None and not (isinstance(pe, list) and all(_is_number(v) for v in pe)):
+        problems.append("'per_episode' is not a list of numbers")
+    bs = ev.get("by_step")
+    if bs is not None:
+        if not isinstance(bs, dict):
+            problems.append("'by_step' is not an object")
+        else:
+            for step, v in bs.items():
+                if not (str(step).lstrip("-").isdigit() and isinstance(v, dict) and _is_number(v.get("mean"))):
+                    problems.append(f"'by_step.{step}' must map an integer step to {{mean, ci95}}")
+                    break
+    if problems:
+        raise MetareproError(f"evaluation file {path} is malformed: " + "; ".join(problems))
+    ev = dict(ev)
+    ev["_path"] = str(path)
+    ts = ev.get("test_shots")
+    if _is_number(ts) and int(ts) != int(ev["run"]["shots"]):
+        # tested at other shots than trained: a row of its own at the tested shots, labelled by its training shots
+        run = ev["run"]
+        ev["run"] = {**run, "shots": int(ts), "method": f"{run['method']}{TRAIN_SHOTS_TAG}{int(run['shots'])}"}
+    return ev
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    paper: str
+    method: str
+    dataset: str
+    backbone: str
+    ways: int | None
+    shots: int
+    metric: str
+    value: float
+    value_text: str     # as printed in the paper / csv (keeps its precision, e.g. "48.70")
+    ci95: float | None
+    ci95_text: str
+    source: str
+
+
+def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MetareproError(f"cannot read paper results {path}: {exc.strerror or exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or [f.strip() for f in reader.fieldnames] != PAPER_COLUMNS:
+        raise MetareproError(f"paper results {path}: header must be {','.join(PAPER_COLUMNS)}, "
+                             f"got {','.join(reader.fieldnames or [])}")
+    rows = []
+    for lineno, r in enumerate(reader, start=2):
+        try:
+            rows.append(PaperRow(
+                paper=r["paper"].strip(), method=r["method"].strip(), dataset=r["dataset"].strip(),
+                backbone=r["backbone"].strip(), ways=int(r["ways"]) if r["ways"].strip() else None,
+                shots=int(r["shots"]), metric=r["metric"].strip(), value=float(r["value"]),
+                value_text=r["value"].strip(), ci95=float(r["ci95"]) if r["ci95"].strip() else None,
+                ci95_text=r["ci95"].strip(), source=r["source"].strip()))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MetareproError(f"paper results {path}, line {lineno}: cannot parse {dict(r)}: {exc}") from exc
+    return rows
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def method_label(method: str) -> str:
+    """`maml` -> "MAML"; `mamlpp+cml` -> "MAML++ + CML"; `pamela@q_shared` -> its VARIANT_LABELS entry,
+    `pamela@other` -> "PAMELA (other)"; `maml~train5` -> "MAML (5-shot meta-training)" (the Meta-SGD paper's
+    label for a model tested at other shots than trained); unknown names are kept as they are."""
+    if TRAIN_SHOTS_TAG in method:
+        method, _, k = method.partition(TRAIN_SHOTS_TAG)
+        return f"{method_label(method)} ({k}-shot meta-training)"
+    base, *mods = method.split("+")
+    if base in VARIANT_LABELS:
+        label = VARIANT_LABELS[base]
+    else:
+        name, _, tag = base.partition("@")
+        label = METHOD_LABELS.get(name, name) + (f" ({tag})" if tag else "")
+    return " + ".join([label] + [MODIFIER_LABELS.get(m, m.upper()) for m in mods])
+
+
+def backbone_label(run: dict) -> str:
+    args = run.get("backbone_args") or {}
+    name = str(run.get("backbone", "?"))
+    if args.get("filters"):
+        name += f"-{args['filters']}"
+    if args.get("hidden"):
+        name += "-" + "-".join(str(h) for h in args["hidden"])
+    return name
+
+
+def setting_label(dataset: str, ways: int | None, shots: int) -> str:
+    return f"{shots}-shot" if dataset == "sinusoid" else f"{ways}-way {shots}-shot"
+
+
+def _sort_key_method(method: str) -> tuple:
+    base = method.split(TRAIN_SHOTS_TAG)[0].split("+")[0].split("@")[0]   # variants sort beside their method
+    order = list(METHOD_LABELS)
+    return (order.index(base) if base in order else len(order), method)
+
+
+def _join_unique(values: Iterable[Any]) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+def _steps(ev: dict) -> dict[int, dict]:
+    return {int(k): v for k, v in (ev.get("by_step") or {}).items()}
+
+
+@dataclass
+class Group:
+    """All seeds of one (dataset, ways, shots, method), aggregated."""
+    dataset: str
+    ways: int
+    shots: int
+    method: str
+    metric: str
+    evals: list[dict]
+    mean: float = float("nan")
+    ci95: float = float("nan")
+    ci_over: str = ""
+    step1: tuple[float, float] | None = None          # (mean, ci95) after one inner step
+    by_step: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(e["run"]["seed"]) for e in self.evals]
+
+    @property
+    def label(self) -> str:
+        return method_label(self.method)
+
+
+def _aggregate_scores(evals: list[dict], per_seed: list[tuple[float, float]],
+                      pooled: np.ndarray | None) -> tuple[float, float, str]:
+    """One seed: mean/CI over its episodes. Several: mean of seed means, t-CI across seeds."""
+    if len(evals) == 1:
+        if pooled is not None and pooled.size >= 2:
+            m, c = mean_ci95(pooled)
+            return m, c, f"episodes (n={pooled.size})"
+        m, c = per_seed[0]
+        return m, c, f"episodes (n={evals[0].get('episodes', '?')}, from eval.json)"
+    m, c = seed_mean_ci95([p[0] for p in per_seed])
+    return m, c, f"seeds (n={len(evals)})"
+
+
+def aggregate(evals: list[dict]) -> list[Group]:
+    groups: dict[tuple, list[dict]] = {}
+    for ev in evals:
+        run = ev["run"]
+        key = (str(run["dataset"]), int(run["ways"]), int(run["shots"]), str(run["method"]))
+        groups.setdefault(key, []).append(ev)
+    out = []
+    for (dataset, ways, shots, method), evs in groups.items():
+        evs = sorted(evs, key=lambda e: int(e["run"]["seed"]))
+        seeds = [int(e["run"]["seed"]) for e in evs]
+        if len(set(seeds)) != len(seeds):
+            dup = [e["_path"] for e in evs if seeds.count(int(e["run"]["seed"])) > 1]
+            raise MetareproError(f"the same run (dataset {dataset}, method {method}, {ways}-way {shots}-shot) "
+                                 f"appears more than once for one seed: {', '.join(dup)}")
+        metrics = {e["metric"] for e in evs}
+        if len(metrics) > 1:
+            raise MetareproError(f"evaluation files disagree on the metric ({sorted(metrics)}): "
+                                 f"{', '.join(e['_path'] for e in evs)}")
+        g = Group(dataset, ways, shots, method, metrics.pop(), evs)
+        per_seed = []
+        for e in evs:
+            pe = e.get("per_episode")
+            per_seed.append(mean_ci95(pe) if pe and len(pe) >= 2 else (float(e["mean"]), float(e["ci95"])))
+        pooled = np.asarray(evs[0]["per_episode"], dtype=float) if evs[0].get("per_episode") else None
+        g.mean, g.ci95, g.ci_over = _aggregate_scores(evs, per_seed, pooled)
+        steps = sorted(set.intersection(*(set(_steps(e)) for e in evs))) if evs else []
+        for s in steps:
+            vals = [(float(_steps(e)[s]["mean"]), float(_steps(e)[s].get("ci95", float("nan")))) for e in evs]
+            g.by_step[s] = vals[0] if len(vals) == 1 else seed_mean_ci95([v[0] for v in vals])
+        g.step1 = g.by_step.get(1)
+        out.append(g)
+    order = {d: i for i, d in enumerate(DATASET_ORDER)}
+    out.sort(key=lambda g: (order.get(g.dataset, len(order)), g.dataset, g.ways, g.shots, _sort_key_method(g.method)))
+    return out
+
+
+def paired_vs_reference(g: Group, ref: Group) -> Paired | None:
+    """Episode-paired comparison g - ref over the seeds both have, where each seed pair was evaluated
+    on the same episode set. Seeds sharing one episode set are averaged per episode first (their
+    episodes are the same, so they are not independent samples); distinct episode sets are pooled."""
+    by_seed_ref = {int(e["run"]["seed"]): e for e in ref.evals}
+    blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for e in g.evals:
+        r = by_seed_ref.get(int(e["run"]["seed"]))
+        if r is None or not e.get("per_episode") or not r.get("per_episode"):
+            continue
+        if e.get("episode_set") is None or e.get("episode_set") != r.get("episode_set"):
+            continue
+        if len(e["per_episode"]) != len(r["per_episode"]):
+            continue
+        blocks.setdefault(str(e["episode_set"]), []).append(
+            (np.asarray(e["per_episode"], dtype=float), np.asarray(r["per_episode"], dtype=float)))
+    if not blocks:
+        return None
+    a = np.concatenate([np.mean([p[0] for p in pairs], axis=0) for pairs in blocks.values()])
+    b = np.concatenate([np.mean([p[1] for p in pairs], axis=0) for pairs in blocks.values()])
+    if a.size < 2:
+        return None
+    return paired_test(a, b)
+
+
+def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
+    """Paper rows for the same dataset, shots, ways (not for sinusoid) and metric, whose method is
+    our label, an alias of it, or a parenthesised variant of it ("MAML (ResNet-12)")."""
+    labels = (g.label,) + PAPER_ALIASES.get(g.label, ())
+    out = []
+    for p in paper:
+        if p.dataset != g.dataset or p.shots != g.shots or p.metric != g.metric:
+            continue
+        if g.dataset != "sinusoid" and p.ways != g.ways:
+            continue
+        if p.method.endswith("-shot meta-training)"):
+            # a published model trained at other shots than tested: only our run trained the same way matches
+            if p.method in labels:
+                out.append(p)
+        elif any(p.method == lab or p.method.startswith(lab + " (") for lab in labels):
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- table rows
+
+CSV_COLUMNS = [
+    "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "iterations",
+    "meta_batch", "budget", "metric", "seeds", "episodes", "queries", "episode_set", "eval_inner_steps",
+    "ours_mean", "ours_ci95", "ci_over", "ours_step1_mean", "ours_step1_ci95", "compared_at",
+    "paper_value", "paper_ci95", "paper_method", "paper_backbone", "paper", "paper_source", "ref",
+    "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_n", "vs_maml_t", "vs_maml_p_t",
+    "vs_maml_p_wilcoxon"]
+
+
+def _fmt(x: float | None, nd: int, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def _fmt_ci(m: float, c: float, nd: int) -> str:
+    return _fmt(m, nd) if c is None or math.isnan(c) else f"{m:.{nd}f} ± {c:.{nd}f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return DASH
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _num(x: Any) -> Any:
+    """CSV cell: floats as repr-precision, NaN/None as empty."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return x
+
+
+def _budget(evals: list[dict]) -> tuple[str, str, str, str]:
+    prof = _join_unique(e["run"].get("profile", "?") for e in evals)
+    if all(e["run"].get("pretrained") and (e.get("checkpoint") or {}).get("iteration") == 0 for e in evals):
+        # baselines on the pretrain stage's backbone: nothing was meta-trained, whatever `train` says
+        return "0", "0", prof, f"pretrained classifier, no meta-training ({prof})"
+    its = _join_unique(e["run"].get("train", {}).get("iterations", "?") for e in evals)
+    mb = _join_unique(e["run"].get("train", {}).get("meta_batch", "?") for e in evals)
+    return its, mb, prof, f"{its} it × {mb} tasks ({prof})"
+
+
+def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], list[PaperRow]]:
+    """One dict per table line (CSV_COLUMNS keys) and the paper rows cited, in citation order."""
+    groups = aggregate(evals)
+    refs: dict[tuple, Group] = {(g.dataset, g.ways, g.shots): g for g in groups if g.method == REFERENCE_METHOD}
+    cited: list[PaperRow] = []
+    rows = []
+    for g in groups:
+        its, mb, prof, budget = _budget(g.evals)
+        sinus = g.dataset == "sinusoid"
+        ref = refs.get((g.dataset, g.ways, g.shots))
+        pair = paired_vs_reference(g, ref) if ref is not None and ref is not g else None
+        # sinusoid paper numbers are one-inner-step MSEs (Meta-SGD Table 1): compare with by_step[1]
+        cmp_mean, cmp_ci = (g.step1 if (sinus and g.step1) else (g.mean, g.ci95))
+        base = {
+            "dataset": g.dataset, "ways": "" if sinus else g.ways, "shots": g.shots,
+            "setting": setting_label(g.dataset, g.ways, g.shots), "method": g.method, "method_label": g.label,
+            "backbone": _join_unique(backbone_label(e["run"]) for e in g.evals), "profile": prof,
+            "iterations": its, "meta_batch": mb, "budget": budget, "metric": g.metric,
+            "seeds": " ".join(map(str, g.seeds)), "episodes": _join_unique(e.get("episodes", "?") for e in g.evals),
+            "queries": _join_unique((e["run"].get("evaluation") or {}).get("queries", "?") for e in g.evals),
+            "episode_set": _join_unique(e.get("episode_set", "?") for e in g.evals),
+            "eval_inner_steps": _join_unique(e.get("inner_steps", max(_steps(e), default="?")) for e in g.evals),
+            "ours_mean": g.mean, "ours_ci95": g.ci95, "ci_over": g.ci_over,
+            "ours_step1_mean": g.step1[0] if g.step1 else None, "ours_step1_ci95": g.step1[1] if g.step1 else None,
+            "compared_at": ("1 inner step" if sinus and g.step1 else "final inner step"),
+            "vs_maml_diff": pair.mean if pair else None, "vs_maml_ci95": pair.ci95 if pair else None,
+            "vs_maml_n": pair.n if pair else None, "vs_maml_t": pair.t if pair else None,
+            "vs_maml_p_t": pair.p_t if pair else None, "vs_maml_p_wilcoxon": pair.p_wilcoxon if pair else None,
+            "_is_ref": ref is g,
+        }
+        matches = match_paper(g, paper) or [None]
+        for p in matches:
+            row = dict(base)
+            if p is None:
+                row.update(paper_value=None, paper_ci95=None, paper_method="", paper_backbone="", paper="",
+                           paper_source="", ref="", diff=None, paper_in_ci="—")
+            else:
+                if p not in cited:
+                    cited.append(p)
+                diff = cmp_mean - p.value
+                inside = DASH if math.isnan(cmp_ci) else ("yes" if abs(diff) <= cmp_ci else "no")
+                row.update(paper_value=p.value, paper_ci95=p.ci95, paper_method=p.method,
+                           paper_backbone=p.backbone, paper=p.paper, paper_source=p.source,
+                           ref=f"[{cited.index(p) + 1}]", diff=diff, paper_in_ci=inside,
+                           _paper_text=p.value_text + (f" ± {p.ci95_text}" if p.ci95_text else ""))
+            rows.append(row)
+    return rows, cited
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _nd(metric: str) -> int:
+    return 2 if metric == "accuracy" else 3
+
+
+def _pipe_table(header: list[str], body: list[list[str]]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def _md_cells(row: dict, sinus: bool) -> list[str]:
+    nd = _nd(row["metric"])
+    ours = _fmt_ci(row["ours_mean"], row["ours_ci95"], nd)
+    paper_txt = row.get("_paper_text", DASH)
+    method = row["method_label"]
+    if row["paper_method"] and row["paper_method"] != row["method_label"]:
+        paper_txt += f" [{row['paper_method']}]"
+    if row["_is_ref"]:
+        vs = "reference"
+        p = DASH
+    elif row["vs_maml_diff"] is None:
+        vs, p = DASH, DASH
+    else:
+        vs = f"{row['vs_maml_diff']:+.{nd}f} ± {row['vs_maml_ci95']:.{nd}f}"
+        p = f"{_fmt_p(row['vs_maml_p_t'])} / {_fmt_p(row['vs_maml_p_wilcoxon'])}"
+    source = f"{row['paper']} {row['ref']}" if row["paper"] else DASH
+    cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]), row["setting"], method, row["backbone"],
+             row["budget"]]
+    if sinus:
+        s1 = (_fmt_ci(row["ours_step1_mean"], row["ours_step1_ci95"], nd)
+              if row["ours_step1_mean"] is not None else DASH)
+        cells += [s1, f"{ours} (K={row['eval_inner_steps']})"]
+    else:
+        cells += [ours]
+    cells += [paper_txt, row["paper_backbone"] or DASH, source, _fmt(row["diff"], nd, sign=True),
+              row["paper_in_ci"], vs, p]
+    return cells
+
+
+def _header(metric: str, sinus: bool) -> list[str]:
+    unit = "accuracy %" if metric == "accuracy" else "MSE"
+    ours = ([f"Ours, 1 step ({unit})", f"Ours, K steps ({unit})"] if sinus else [f"Ours ({unit})"])
+    return (["Dataset", "Setting", "Method", "Backbone", "Budget"] + ours
+            + ["Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
+               "vs MAML (paired Δ ± CI)", "p (t / Wilcoxon)"])
+
+
+def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_path: str) -> str:
+    parts = [f"# {title}", ""]
+    if not rows:
+        parts += ["_No evaluation results were given._", ""]
+    sections: dict[tuple[str, bool], list[dict]] = {}
+    for r in rows:
+        sections.setdefault((r["metric"], r["dataset"] == "sinusoid"), []).append(r)
+    for (metric, sinus), rs in sections.items():
+        if len(sections) > 1:
+            parts += [f"## {'Sinusoid regression (MSE, lower is better)' if sinus else metric.capitalize()}", ""]
+        parts += [_pipe_table(_header(metric, sinus), [_md_cells(r, sinus) for r in rs]), ""]
+
+    notes = ["## Notes", ""]
+    episodes = _join_unique(r["episodes"] for r in rows) or "?"
+    queries = _join_unique(r["queries"] for r in rows if r["dataset"] != "sinusoid")
+    notes.append(f"- **Protocol.** Each run is evaluated on {episodes} fixed test episodes"
+                 + (f" ({queries} query examples per class)" if queries else "")
+                 + ", the same episode set for every method of a setting (column `episode_set` of the CSV). "
+                 "Accuracy is in percent, MSE on the sinusoid's query points. `Ours` is the score after the "
+                 "test-time inner steps (`eval_inner_steps` in the CSV).")
+    ci_kinds = sorted({r["ci_over"].split(" ")[0] for r in rows})
+    ci_text = []
+    if "episodes" in ci_kinds:
+        ci_text.append("rows from a single seed: 95% CI = 1.96 · std / √n over the per-episode scores "
+                       "(sample std, n = episodes)")
+    if "seeds" in ci_kinds:
+        ci_text.append("rows from several seeds: mean of the per-seed means, 95% CI = t(0.975, s−1) · std / √s "
+                       "across the s seed means")
+    if ci_text:
+        notes.append("- **Confidence intervals.** " + "; ".join(ci_text) + " (column `ci_over` of the CSV).")
+    profiles = _join_unique(r["profile"] for r in rows)
+    by_budget: dict[str, list[str]] = {}
+    for r in rows:
+        who = f"{DATASET_LABELS.get(r['dataset'], r['dataset'])} {r['setting']} {r['method_label']}"
+        if who not in by_budget.setdefault(r["budget"], []):
+            by_budget[r["budget"]].append(who)
+    budgets = "; ".join(f"{b}: {', '.join(w)}" for b, w in by_budget.items())
+    notes.append(f"- **Budget.** Produced by config profile(s) **{profiles or '?'}**; budget = meta-training "
+                 f"iterations × tasks per meta-batch (profile). {budgets}. Published results mostly train far "
+                 f"longer (MAML: 40k-60k iterations, see `../shared/reference/README.md`), so gaps partly reflect budget.")
+    if any(r["dataset"] == "sinusoid" for r in rows):
+        notes.append("- **Sinusoid.** The published sinusoid numbers (Li et al. 2017, Meta-SGD Table 1) are MSEs "
+                     "after one inner step, so `Ours − paper` and `Paper in our CI` use our MSE after 1 inner "
+                     "step (`by_step[1]`); `Ours, K steps` is after the final test-time step. Rows labelled "
+                     "\"5-shot meta-training\" were meta-trained at 5 shots and tested at 10 or 20.")
+    notes.append("- **Paper in our CI.** `yes` when the published mean lies within our 95% CI, `no` otherwise, "
+                 "`—` when there is no published number or no CI. Paper numbers are matched on dataset, ways, "
+                 "shots, metric and method label (including the paper's parenthesised variants, e.g. "
+                 "\"MAML (ResNet-12)\"); several matches give one line each; the paper's backbone may differ "
+                 "from ours. A published ± may be a std or come without a CI (see each source).")
+    notes.append("- **Paired comparison vs MAML.** For methods evaluated on the same episode set as MAML in "
+                 "the same setting: mean per-episode difference (method − MAML; for MSE negative is better) "
+                 "± 1.96 · sd / √n, over the seeds both have (seeds sharing an episode set are averaged per "
+                 "episode first). p-values are two-sided: a paired t-test with the exact Student-t "
+                 "distribution (regularized incomplete beta function) and a Wilcoxon signed-rank test "
+                 "(zeros dropped, tie-corrected normal approximation). For the sinusoid this uses the "
+                 "final-step MSEs.")
+    notes.append(f"- **Sources.** Published numbers come from `{paper_path}` (a copy of "
+                 f"`../shared/reference/paper_results.csv`):")
+    parts += notes
+    for i, p in enumerate(cited, start=1):
+        where = setting_label(p.dataset, p.ways, p.shots)
+        ci = f" ± {p.ci95_text}" if p.ci95_text else " (no CI given)"
+        parts.append(f"  [{i}] {p.paper}: {p.source}. {p.method}, {DATASET_LABELS.get(p.dataset, p.dataset)} "
+                     f"{where}, {p.backbone}: {p.value_text}{ci}.")
+    if not cited:
+        parts.append("  (no published number matched these rows)")
+    return "\n".join(parts) + "\n"
+
+
+def render_csv(rows: list[dict], columns: Sequence[str] = CSV_COLUMNS) -> str:
+    """The rows as CSV with `columns` (numbers rounded as in _num, other keys ignored)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _num(r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def read_run_config(path: str | os.PathLike) -> Any:
+    """A run's config.yaml, parsed; unreadable or invalid YAML raises MetareproError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise MetareproError(f"cannot read run config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
+
+
+def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
+               paper_path: str | os.PathLike | None) -> tuple[Path, Path]:
+    """Write `out_md` and the CSV beside it (same stem); return both paths."""
+    out_md = Path(out_md)
+    if out_md.suffix != ".md":
+        raise MetareproError(f"table output {out_md} must end in .md (the CSV is written beside it)")
+    evals = [load_eval(p) for p in eval_paths]
+    paper = load_paper_results(paper_path) if paper_path else []
+    rows, cited = build_rows(evals, paper)
+    out_csv = out_md.with_suffix(".csv")
+    write_text_atomic(out_csv, render_csv(rows))
+    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)"))
+    return out_md, out_csv
