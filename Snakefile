@@ -37,8 +37,9 @@ except ConfigError as e:
 
 
 # Strict numerics (config key strict_numerics): every job pins its CPU code paths at start (metarepro.numerics).
+_STRICT_FLAG = "METAREPRO_STRICT_NUMERICS"   # read by every job's CLI (metarepro.numerics) before torch runs
 if config.get("strict_numerics"):
-    os.environ["METAREPRO_STRICT_NUMERICS"] = "1"
+    os.environ[_STRICT_FLAG] = "1"
     config["threads"] = 1
 
 

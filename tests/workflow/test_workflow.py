@@ -137,7 +137,8 @@ def test_paper_report_target_schedules_only_its_experiments() -> None:
     planned = {j["output"].split(", ")[0] for j in jobs if j["rule"] == "metatrain"}
     runs = iter_runs(cfg, cfg["reports"][name]["experiments"])
     assert planned == {f"{r.run_dir}/model.pt" for r in runs}
-    assert any("/pamela@q_shared/5way5shot/" in p for p in planned) and len(planned) == 6
+    # the 4 ablation variants + the window-skip reading (5-shot) and the full PAMELA (1 and 5 shot)
+    assert any("/pamela@q_shared/5way5shot/" in p for p in planned) and len(planned) == 7
     (complexity,) = [j for j in jobs if j["rule"] == "complexity"]   # reads the same runs' directories
     assert f"report complexity --name {name} " in complexity["shell"]
     assert all(f" {r.run_dir} " in complexity["shell"].replace("'", " ") for r in runs)
