@@ -64,3 +64,4 @@ def test_describe_records_the_numerics_and_reports_flag_mixtures():
     other = dict(d, cpu_capability="AVX2" if d["cpu_capability"] != "AVX2" else "AVX512")
     note = numerics_note([same[0], {"_path": "c", "numerics": other}])
     assert "Mixed numerics" in note and "strict_numerics: true" in note
+    assert numerics_note([same[0], {"_path": "old", "numerics": None}]) == ""      # unrecorded: not flagged

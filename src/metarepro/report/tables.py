@@ -571,7 +571,8 @@ def numerics_note(evals: list[dict]) -> str:
 
     groups: dict[tuple, list[str]] = {}
     for ev in evals:
-        groups.setdefault(signature(ev.get("numerics")), []).append(ev["_path"])
+        if ev.get("numerics"):      # evaluations from before numerics were recorded: unknown, not "different"
+            groups.setdefault(signature(ev["numerics"]), []).append(ev["_path"])
     if len(groups) < 2:
         return ""
     parts = [f"{' / '.join(str(x) for x in sig)} ({len(paths)} runs, e.g. {paths[0]})" for sig, paths in groups.items()]
