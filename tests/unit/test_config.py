@@ -333,7 +333,12 @@ def test_non_editable_install_validates_configs(tmp_path: Path) -> None:
         import setuptools  # noqa: F401
     except ImportError:
         pytest.skip("building the wheel needs setuptools in this environment")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+    import shutil
+    project = tmp_path / "project"      # a copy: setuptools builds in the source folder (build/, *.egg-info)
+    shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, project / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(project), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheel").glob("metarepro-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
