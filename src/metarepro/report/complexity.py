@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..utils import MetareproError, write_text_atomic
-from .tables import read_run_config
+from .inputs import _is_number, load_eval, read_run_config
 from .tables import render_csv as tables_render_csv
-from .tables import (DASH, DATASET_LABELS, DATASET_ORDER, REFERENCE_METHOD, _is_number, _join_unique,
-                     _pipe_table, _sort_key_method, backbone_label, load_eval, method_label, setting_label)
+from .tables import (DASH, DATASET_LABELS, DATASET_ORDER, REFERENCE_METHOD, _join_unique, _pipe_table,
+                     _sort_key_method, backbone_label, method_label, setting_label)
 
 RUN_KEYS = ("dataset", "method", "ways", "shots", "seed")
 EVAL_NUMBERS = ("parameters", "adapt_time_per_task_s", "peak_memory_mb")      # written by evaluate.py

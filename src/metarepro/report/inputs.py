@@ -1,0 +1,126 @@
+"""The report stage's inputs, read and checked: eval.json files, config/paper_results.csv, run configs.
+
+Torch-free (reports run in the Snakemake environment); every problem raises MetareproError naming the file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils import MetareproError
+
+TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
+PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
+EVAL_REQUIRED = ("run", "metric", "mean", "ci95")
+RUN_REQUIRED = ("dataset", "method", "ways", "shots", "seed")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_eval(path: str | os.PathLike) -> dict:
+    """Read and check one eval.json; any problem raises MetareproError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MetareproError(f"cannot read evaluation file {path}: {exc.strerror or exc}") from exc
+    try:
+        ev = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MetareproError(f"evaluation file {path} is not valid JSON: {exc}") from exc
+    problems = []
+    if not isinstance(ev, dict):
+        raise MetareproError(f"evaluation file {path} is malformed: expected a JSON object, got {type(ev).__name__}")
+    problems += [f"missing key '{k}'" for k in EVAL_REQUIRED if k not in ev]
+    run = ev.get("run")
+    if "run" in ev and not isinstance(run, dict):
+        problems.append("'run' is not an object")
+    elif isinstance(run, dict):
+        problems += [f"missing key 'run.{k}'" for k in RUN_REQUIRED if k not in run]
+    if "metric" in ev and ev["metric"] not in ("accuracy", "mse"):
+        problems.append(f"'metric' = {ev['metric']!r}; allowed: accuracy, mse")
+    for k in ("mean", "ci95"):
+        if k in ev and not _is_number(ev[k]):
+            problems.append(f"'{k}' = {ev[k]!r} is not a number")
+    pe = ev.get("per_episode")
+    if pe is not None and not (isinstance(pe, list) and all(_is_number(v) for v in pe)):
+        problems.append("'per_episode' is not a list of numbers")
+    bs = ev.get("by_step")
+    if bs is not None:
+        if not isinstance(bs, dict):
+            problems.append("'by_step' is not an object")
+        else:
+            for step, v in bs.items():
+                if not (str(step).lstrip("-").isdigit() and isinstance(v, dict) and _is_number(v.get("mean"))):
+                    problems.append(f"'by_step.{step}' must map an integer step to {{mean, ci95}}")
+                    break
+    if problems:
+        raise MetareproError(f"evaluation file {path} is malformed: " + "; ".join(problems))
+    ev = dict(ev)
+    ev["_path"] = str(path)
+    ts = ev.get("test_shots")
+    if _is_number(ts) and int(ts) != int(ev["run"]["shots"]):
+        # tested at other shots than trained: a row of its own at the tested shots, labelled by its training shots
+        run = ev["run"]
+        ev["run"] = {**run, "shots": int(ts), "method": f"{run['method']}{TRAIN_SHOTS_TAG}{int(run['shots'])}"}
+    return ev
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    paper: str
+    method: str
+    dataset: str
+    backbone: str
+    ways: int | None
+    shots: int
+    metric: str
+    value: float
+    value_text: str     # as printed in the paper / csv (keeps its precision, e.g. "48.70")
+    ci95: float | None
+    ci95_text: str
+    source: str
+
+
+def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MetareproError(f"cannot read paper results {path}: {exc.strerror or exc}") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or [f.strip() for f in reader.fieldnames] != PAPER_COLUMNS:
+        raise MetareproError(f"paper results {path}: header must be {','.join(PAPER_COLUMNS)}, "
+                             f"got {','.join(reader.fieldnames or [])}")
+    rows = []
+    for lineno, r in enumerate(reader, start=2):
+        try:
+            rows.append(PaperRow(
+                paper=r["paper"].strip(), method=r["method"].strip(), dataset=r["dataset"].strip(),
+                backbone=r["backbone"].strip(), ways=int(r["ways"]) if r["ways"].strip() else None,
+                shots=int(r["shots"]), metric=r["metric"].strip(), value=float(r["value"]),
+                value_text=r["value"].strip(), ci95=float(r["ci95"]) if r["ci95"].strip() else None,
+                ci95_text=r["ci95"].strip(), source=r["source"].strip()))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MetareproError(f"paper results {path}, line {lineno}: cannot parse {dict(r)}: {exc}") from exc
+    return rows
+
+
+def read_run_config(path: str | os.PathLike) -> Any:
+    """A run's config.yaml, parsed; unreadable or invalid YAML raises MetareproError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise MetareproError(f"cannot read run config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise MetareproError(f"run config {path} is not valid YAML: {exc}") from exc
