@@ -378,7 +378,9 @@ def test_a_second_snakemake_in_the_same_folder_is_refused(tmp_path: Path) -> Non
     cfg = _tiny()
     exp = cfg["experiments"]["sinusoid"]
     exp["methods"] = {"maml": exp["methods"]["maml"]}
-    exp["train"].update(iterations=3000, checkpoint_every=20, val_every=3000, val_episodes=5)
+    # a training job that cannot finish during the test (it is stopped at the end): the first invocation holds
+    # the lock for as long as the test needs, however fast or loaded the machine is
+    exp["train"].update(iterations=10_000_000, checkpoint_every=1000, val_every=10_000_000, val_episodes=5)
     cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
     root = _project_copy(tmp_path, cfg)
     target = f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0/model.pt"
