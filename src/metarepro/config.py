@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import yaml
 from jsonschema import Draft7Validator, validators
 
+from .classes import overlap, overlap_error, split_class_names
 from .utils import MetareproError
 
 # Package data, so a non-editable install validates configs too; workflow/schemas/config.schema.yaml (where the
@@ -267,8 +268,6 @@ def _cross_domain_problems(name: str, exp: dict) -> list[str]:
     """Cross-domain targets that cannot work: the source itself, regression, shots or methods the experiment does
     not run, and target test classes that are source training classes (by name, from the shipped split files;
     evaluation checks the prepared data's names again)."""
-    from .classes import overlap, overlap_error, split_class_names
-
     problems = []
     for i, target in enumerate(exp.get("cross_domain") or []):
         where, dst = f"experiments.{name}.cross_domain.{i}", target["dataset"]

@@ -49,8 +49,6 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     if target is not None and (shots is not None or not target_dir):
         raise MetareproError("a cross-domain evaluation (--target) needs --target-data and takes no --shots")
     model_path = run_dir / "model.pt"
-    if not model_path.exists():
-        raise MetareproError(f"{model_path} not found: run `python -m metarepro metatrain` for this run first")
     set_threads(threads)
     device = resolve_device(device)
     learner, run, state = load_learner(model_path, device)

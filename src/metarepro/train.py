@@ -22,8 +22,7 @@ from . import addons, numerics
 from . import data as datasets
 from .config import RunConfig
 from .methods.base import MetaLearner
-from .pretrain import load_backbone
-from .runtime import build_learner, load_learner, load_resume_state, write_outputs
+from .runtime import build_learner, load_backbone, load_learner, load_resume_state, write_outputs
 from .stats import mean_ci95
 from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
                     set_determinism, set_rng_state, set_threads)

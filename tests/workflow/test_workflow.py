@@ -326,33 +326,47 @@ def default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _sinusoid_maml_project(tmp_path: Path, **train: int) -> tuple[dict, Path, str]:
+    """The tiny profile cut to its sinusoid MAML run with these train settings: (config, project root, run dir)."""
+    cfg = _tiny()
+    exp = cfg["experiments"]["sinusoid"]
+    exp["methods"] = {"maml": exp["methods"]["maml"]}
+    exp["train"].update(**train)
+    cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
+    return cfg, _project_copy(tmp_path, cfg), f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0"
+
+
+def _start_snakemake(root: Path, target: str) -> subprocess.Popen:
+    """`snakemake target` in its own process group (snakemake and its job), with SIGINT at its default like a
+    terminal's Ctrl-C, whatever this test inherited (a non-interactive shell starts background jobs with SIGINT
+    ignored)."""
+    return subprocess.Popen([str(BIN / "snakemake"), target], cwd=root, env=_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=default_signals)
+
+
+def _wait_for(done, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    """Poll until done() while `proc` keeps running (the event, not a fixed sleep, is what the tests wait for)."""
+    deadline = time.time() + timeout
+    while not done():
+        assert proc.poll() is None, f"snakemake ended before {what}"
+        assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 @needs_mirror_and_cli
 @pytest.mark.parametrize("how", ["ctrl-c", "power-cut"])
 def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
     """A training job that is stopped mid-run is re-run without questions (profile: rerun-incomplete)
     and resumes from its undeclared checkpoints/last.pt. Ctrl-C: Snakemake cleans up by itself;
     a power cut (SIGKILL to everything) leaves Snakemake's lock behind: `snakemake --unlock` first."""
-    cfg = _tiny()
-    exp = cfg["experiments"]["sinusoid"]
-    exp["methods"] = {"maml": exp["methods"]["maml"]}
     # ~200 iterations/s here: long enough to be caught mid-run, short enough to finish
-    exp["train"].update(iterations=2000, checkpoint_every=20, val_every=2000, val_episodes=5)
-    cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
-    root = _project_copy(tmp_path, cfg)
-    run = f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0"
+    cfg, root, run = _sinusoid_maml_project(tmp_path, iterations=2000, checkpoint_every=20, val_every=2000,
+                                            val_episodes=5)
     checkpoint = root / run / "checkpoints" / "last.pt"
-    proc = subprocess.Popen([str(BIN / "snakemake"), f"{run}/model.pt"], cwd=root, env=_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,   # its own process group: snakemake and its job
-                            # a terminal's Ctrl-C: SIGINT at its default, whatever this test inherited (a
-                            # non-interactive shell starts background jobs with SIGINT ignored)
-                            preexec_fn=default_signals)
+    proc = _start_snakemake(root, f"{run}/model.pt")
     try:
-        deadline = time.time() + 240
-        while not checkpoint.exists():
-            assert proc.poll() is None, "snakemake ended before training wrote a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.1)
+        _wait_for(checkpoint.exists, proc, "training wrote a checkpoint")
         os.killpg(proc.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         proc.wait(timeout=120)
     finally:
@@ -375,24 +389,15 @@ def test_killed_training_job_resumes(how: str, tmp_path: Path) -> None:
 def test_a_second_snakemake_in_the_same_folder_is_refused(tmp_path: Path) -> None:
     """Two invocations on one directory: the second stops with Snakemake's lock message (README: wait, or after a
     crash run `snakemake --unlock`), and the first is not disturbed."""
-    cfg = _tiny()
-    exp = cfg["experiments"]["sinusoid"]
-    exp["methods"] = {"maml": exp["methods"]["maml"]}
     # a training job that cannot finish during the test (it is stopped at the end): the first invocation holds
     # the lock for as long as the test needs, however fast or loaded the machine is
-    exp["train"].update(iterations=10_000_000, checkpoint_every=1000, val_every=10_000_000, val_episodes=5)
-    cfg.update(experiments={"sinusoid": exp}, reports={"test_sinusoid": cfg["reports"]["test_sinusoid"]})
-    root = _project_copy(tmp_path, cfg)
-    target = f"{cfg['results_dir']}/sinusoid/maml/1way5shot/seed0/model.pt"
-    first = subprocess.Popen([str(BIN / "snakemake"), target], cwd=root, env=_env(), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                             preexec_fn=default_signals)
+    _, root, run = _sinusoid_maml_project(tmp_path, iterations=10_000_000, checkpoint_every=1000,
+                                          val_every=10_000_000, val_episodes=5)
+    target = f"{run}/model.pt"
+    first = _start_snakemake(root, target)
     try:
-        locks, deadline = root / ".snakemake" / "locks", time.time() + 240
-        while not (locks.exists() and any(locks.iterdir())):
-            assert first.poll() is None, "the first snakemake ended before taking its lock"
-            assert time.time() < deadline, "no lock within 240 s"
-            time.sleep(0.1)
+        locks = root / ".snakemake" / "locks"
+        _wait_for(lambda: locks.exists() and any(locks.iterdir()), first, "taking its lock")
         second = snakemake(target, cwd=root)
         text = second.stdout + second.stderr
         assert second.returncode != 0 and "Directory cannot be locked" in text and "--unlock" in text, text[-2000:]

@@ -87,13 +87,9 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     if spec.generated:
         return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
     data = cached_split(str(Path(data_dir)), split)
-    rotations = bool(dataset_args.get("rotations", False))
-    if model_input is not None:
-        shape, norm = model_input
-        return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, out_shape=shape,
-                             mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
-    mean, std = train_stats(str(Path(data_dir))) if spec.normalize else (None, None)
-    return ImageEpisodes(data, ways, shots, queries, seed, rotations=rotations, mean=mean, std=std)
+    shape, norm = model_input if model_input is not None else (None, normalization(dataset, data_dir))
+    return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
+                         out_shape=shape, mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
 
 
 def class_names(data_dir: str, split: str) -> list[str]:
