@@ -52,6 +52,9 @@ ADDON_KINDS: dict[str, str] = {"ht": "sampler", "oamfs": "aggregator", "cml": "t
 # Methods with nothing to meta-train (the pretrained baselines): no outer loss, so no add-on applies to them.
 # tests/unit/test_config.py checks it equals the classes' `meta_trainable = False`.
 NOT_META_TRAINED: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+# Methods whose predictions do not depend on a ways-sized head, so they may meta-train with more ways than they
+# are tested with (`train.ways`).
+ANY_TRAIN_WAYS: frozenset[str] = frozenset({"protonet", "matchingnet"})
 _METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
 
 
@@ -233,6 +236,13 @@ def _check_cross_references(cfg: dict, source: str) -> None:
         if needs and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
                             f"dataset 'sinusoid' has no classes to pretrain on")
+        tw = exp["train"].get("ways")
+        if tw is not None and tw != exp["ways"]:
+            fixed = sorted(m for m in exp["methods"] if base_method(m) not in ANY_TRAIN_WAYS)
+            if fixed:
+                problems.append(f"'experiments.{name}.train.ways' = {tw} differs from ways = {exp['ways']}, but "
+                                f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
+                                f"{tw}-way episodes; only {', '.join(sorted(ANY_TRAIN_WAYS))} can")
         for shot in exp["train_overrides"]:
             if int(shot) not in exp["shots"]:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")

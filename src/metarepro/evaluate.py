@@ -6,6 +6,7 @@ is evaluated on identical episodes (see `episode_set` in eval.json) and can be c
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import sys
 import time
@@ -52,6 +53,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     set_threads(threads)
     device = resolve_device(device)
     learner, run, state = load_learner(model_path, device)
+    members = ensemble_members(learner, state)
     ev = run.evaluation
     k = run.shots if shots is None else int(shots)
     dataset, dataset_args, data_dir, model_input, xdomain = run.dataset, run.dataset_args, run.data_dir, None, None
@@ -73,8 +75,12 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
-        with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
-            scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
+        if members:
+            diag = None
+            scores = ensemble_scores(members, eps.episode(i).to(device), steps, every_step=i < n_curve)
+        else:
+            with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
+                scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
             if diag is not None:
@@ -110,6 +116,8 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
         "parameters": sum(p.numel() for p in learner.parameters()),
     }
+    if members:
+        result["ensemble"] = [{"iteration": m["iteration"], "val_mean": m["val_mean"]} for m in state["ensemble"]]
     result.update(summarize_diagnostics(diagnostics))
     if run.dataset == "sinusoid":
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
@@ -122,6 +130,36 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
              ci, ev["episodes"], k, dataset, steps)
     return out
+
+
+def ensemble_members(learner: Any, state: dict) -> list[Any]:
+    """The learners of a test-time ensemble (train.ensemble > 1: model.pt's `ensemble`, the best validation
+    checkpoints, best first), each in eval mode; [] for a single model."""
+    entries = state.get("ensemble") or []
+    if len(entries) < 2:
+        return []
+    members = []
+    for e in entries:
+        m = copy.deepcopy(learner)
+        m.load_state_dict(e["state"])
+        members.append(m.eval())
+    return members
+
+
+def ensemble_scores(members: list[Any], task: Any, steps: int, every_step: bool = True) -> list[float]:
+    """An ensemble's query metric after 0..steps inner steps (or the last only): each member adapts on its own
+    and the members' query outputs are averaged before scoring (logits for classification, as MAML++'s official
+    evaluation averages its top models' predictions; predictions for regression)."""
+    total: list | None = None
+    for m in members:
+        outs = []
+        for learner in m.adapt_trajectory(task, steps, create_graph=False):
+            if every_step or learner.step == steps:
+                with torch.no_grad():
+                    outs.append(learner(task.x_query))
+        total = outs if total is None else [a + b for a, b in zip(total, outs)]
+    assert total is not None
+    return [members[0].metric(o / len(members), task.y_query) for o in total]
 
 
 def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> dict[str, Any]:

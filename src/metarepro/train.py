@@ -50,6 +50,28 @@ def improves(new: float, best: float, higher: bool) -> bool:
     return math.isnan(best) or (new > best if higher else new < best)
 
 
+def make_scheduler(learner: MetaLearner, optimizer: torch.optim.Optimizer, total: int, tr: dict, method: str):
+    """The meta-lr schedule: the method's own (MAML++'s cosine annealing) or `train.lr_schedule`'s step decay,
+    never both (refused before any iteration runs)."""
+    own = learner.make_scheduler(optimizer, total)
+    step = tr.get("lr_schedule")
+    if step and own is not None:
+        raise MetareproError(f"train.lr_schedule is set, but method {method!r} schedules its meta lr itself "
+                             f"({type(own).__name__}); drop one of them")
+    if step:
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(step["step"]), gamma=float(step["gamma"]))
+    return own
+
+
+def keep_best(top: list[dict], entry: dict, keep: int, higher: bool) -> list[dict]:
+    """The `keep` best validation entries (best first) after adding `entry`; NaN scores never enter; ties keep
+    the earlier checkpoint first."""
+    if math.isnan(entry["val_mean"]):
+        return top
+    ranked = sorted(top + [entry], key=lambda e: (-e["val_mean"] if higher else e["val_mean"], e["iteration"]))
+    return ranked[:keep]
+
+
 def validate(learner: MetaLearner, episodes: Any, n: int, steps: int,
              device: str = "cpu") -> tuple[float, float, float, float]:
     """(mean, 95% CI) of the query score after `steps` inner steps over `n` fixed episodes, and the mean and
@@ -99,15 +121,18 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     # one Adam, one param group per outer-loss term at its own lr (Adam is per-parameter: the same as an Adam each)
     groups = [{"params": trainable}] + [{"params": list(t.parameters()), "lr": t.lr} for t in extras.terms]
     optimizer = torch.optim.Adam(groups, lr=tr["meta_lr"]) if total else None
-    scheduler = learner.make_scheduler(optimizer, total) if optimizer is not None else None
+    scheduler = make_scheduler(learner, optimizer, total, tr, run.method) if optimizer is not None else None
+    # meta-training episodes may have more ways than the test (train.ways, e.g. ProtoNet's 60-way Omniglot episodes)
     sampler = extras.make_sampler(datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "train",
-                                                    run.ways, run.shots, tr["queries"], run.seed))
+                                                    tr.get("ways", run.ways), run.shots, tr["queries"], run.seed))
+    keep = int(tr.get("ensemble", 1))          # checkpoints kept for a test-time ensemble (the best `keep`)
     log_fields = LOG_FIELDS + [f"{t.name}_loss" for t in extras.terms]
     val_eps = _val_episodes(run)
     better = lambda a, b: improves(a, b, higher_is_better(learner))  # noqa: E731
 
     start, rows = 0, []
     best: dict[str, Any] = {"iteration": -1, "val_mean": None, "val_ci95": None, "state": None}
+    top: list[dict[str, Any]] = []             # the `keep` best validations, best first (ensemble members)
     elapsed_before = 0.0
     state = load_resume_state(ckpt_path, "run", run.to_dict())
     if state is not None:
@@ -120,6 +145,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
         start, rows, best, elapsed_before = state["iteration"], state["rows"], state["best"], state["elapsed_s"]
+        top = state.get("top", [])
         log.info("resuming %s from iteration %d", out, start)
 
     t0 = time.perf_counter() - elapsed_before
@@ -152,6 +178,11 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
             if best["val_mean"] is None or better(vm, best["val_mean"]):
                 best = {"iteration": it + 1, "val_mean": vm, "val_ci95": vc,
                         "state": {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}}
+            if keep > 1:
+                top = keep_best(top, {"iteration": it + 1, "val_mean": vm, "state": best["state"]
+                                      if best["iteration"] == it + 1 else
+                                      {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}},
+                                keep, higher_is_better(learner))
             bar.set_postfix(loss=f"{stats['loss']:.3f}", val=f"{vm:.3f}")
             log.info("iter %d loss %.4f train %.3f val %.3f +- %.3f", it + 1, stats["loss"], stats["metric"], vm, vc)
             if math.isnan(vm):
@@ -165,7 +196,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                             "addons": extras.terms.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None, "sampler": sampler.state_dict(),
-                            "rng": rng_state(device), "rows": rows, "best": best,
+                            "rng": rng_state(device), "rows": rows, "best": best, "top": top,
                             "elapsed_s": time.perf_counter() - t0}, tmp)
     bar.close()
     if total == 0:
@@ -186,6 +217,10 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              # the input normalisation the model was trained with (cross-domain evaluation applies it to the target)
              "normalization": datasets.normalization(run.dataset, run.data_dir),
              "input_shape": list(datasets.input_shape(run.dataset, run.data_dir))}
+    if len(top) > 1:
+        # MAML++'s test-time ensemble: evaluation averages these members' query logits (`state` is the first)
+        final["ensemble"] = [{"iteration": t["iteration"], "val_mean": t["val_mean"], "state": t["state"]}
+                             for t in top]
     if sampler.state_dict():
         final["sampler"] = sampler.state_dict()      # e.g. which meta-iterations the hard-task sampler made hard
     if len(extras.terms):
