@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import yaml
 from jsonschema import Draft7Validator, validators
 
+from .cards import cards, with_flag
 from .classes import overlap, overlap_error, split_class_names
 from .utils import MetareproError
 
@@ -30,10 +31,8 @@ class ConfigError(MetareproError):
 
 
 # Methods that start from the backbone of the `pretrain` stage: Snakemake adds its backbone.pt to their
-# metatrain inputs and resolve_run puts its path in RunConfig.pretrained. A torch-free table because the
-# Snakefile must not import the method classes; tests/unit/test_config.py checks it equals the classes'
-# `needs_pretrained` attribute.
-PRETRAINED_METHODS: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+# metatrain inputs and resolve_run puts its path in RunConfig.pretrained (from the method cards, torch-free).
+PRETRAINED_METHODS: frozenset[str] = with_flag("needs_pretrained")
 
 # A method variant `<method>@<tag>` (e.g. `pamela@q_shared`) is the registered method <method> run with the
 # hyperparameters of its own config block, under its own name: so one experiment can run the same method with
@@ -50,11 +49,10 @@ VARIANT_SEP = "@"
 ADDON_SEP = "+"
 ADDON_KINDS: dict[str, str] = {"ht": "sampler", "oamfs": "aggregator", "cml": "term"}
 # Methods with nothing to meta-train (the pretrained baselines): no outer loss, so no add-on applies to them.
-# tests/unit/test_config.py checks it equals the classes' `meta_trainable = False`.
-NOT_META_TRAINED: frozenset[str] = frozenset({"finetune", "nearest_neighbor"})
+NOT_META_TRAINED: frozenset[str] = frozenset(cards()) - with_flag("meta_trainable")
 # Methods whose predictions do not depend on a ways-sized head, so they may meta-train with more ways than they
 # are tested with (`train.ways`).
-ANY_TRAIN_WAYS: frozenset[str] = frozenset({"protonet", "matchingnet"})
+ANY_TRAIN_WAYS: frozenset[str] = with_flag("any_train_ways")
 _METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
 
 
@@ -104,7 +102,17 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """config.schema.yaml with the method blocks generated from the method cards: `$defs/method_<name>` and the
+    names allowed under `experiments.*.methods` (each method, its variants `<method>@<tag>` and add-ons)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    methods = schema["$defs"]["experiment"]["properties"]["methods"]
+    methods["properties"], methods["patternProperties"] = {}, {}
+    for name, c in cards().items():
+        schema["$defs"][f"method_{name}"] = c.schema()
+        ref = {"$ref": f"#/$defs/method_{name}"}
+        methods["properties"][name] = ref
+        methods["patternProperties"][f"^{name}(@[a-z0-9_]+)?(\\+[a-z0-9_]+)*$"] = ref
+    return schema
 
 
 def _extend_with_default(validator_class):

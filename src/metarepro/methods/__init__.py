@@ -1,4 +1,5 @@
-"""Method registry: the only place a method name is bound to code."""
+"""Method registry: the only place a method name is bound to code. Everything else about a method (hyperparameters
+and their defaults, label, citation, needs) is its card in metarepro/method_cards.yaml."""
 from __future__ import annotations
 
 import re
@@ -6,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..cards import card
 from .base import Learner, MetaLearner, Task
 from .finetune import Finetune
 from .maml import FOMAML, MAML
@@ -22,6 +24,11 @@ METHODS: dict[str, type[MetaLearner]] = {
     "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 
+# the classes' flags come from their cards (the training loop reads them from the class)
+for _name, _cls in METHODS.items():
+    _cls.needs_pretrained = card(_name).needs_pretrained
+    _cls.meta_trainable = card(_name).meta_trainable
+
 
 VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
 
@@ -37,7 +44,8 @@ def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLe
     if m is None or m["base"] not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
                        "(or <method>@<tag> and/or <method>+<addon>, of a-z, 0-9, _)")
-    return METHODS[m["base"]](model, task_type=task_type, **hparams)
+    # every hyperparameter the config omits gets its card's default (never the constructor's)
+    return METHODS[m["base"]](model, task_type=task_type, **{**card(m["base"]).defaults(), **hparams})
 
 
 __all__ = ["METHODS", "build", "Learner", "MetaLearner", "Task"]

@@ -144,7 +144,8 @@ class MetaLearner(nn.Module):
     """Base class. Subclasses set `name` and override `inner_update` (or `adapt_trajectory`)."""
 
     name = "base"
-    # Starts from the pretrain stage's backbone (metarepro.pretrain); must agree with config.PRETRAINED_METHODS.
+    # Starts from the pretrain stage's backbone (metarepro.pretrain). Registered methods get this and
+    # `meta_trainable` from their cards (method_cards.yaml).
     needs_pretrained = False
     # False: no meta-parameters to learn (baselines); the training loop then runs 0 iterations.
     meta_trainable = True

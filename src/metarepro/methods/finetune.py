@@ -22,8 +22,7 @@ HEAD = "head."
 
 class Finetune(MetaLearner):
     name = "finetune"
-    needs_pretrained = True
-    meta_trainable = False
+    # needs_pretrained = True, meta_trainable = False: set from its card (method_cards.yaml)
 
     def __init__(self, model: nn.Module, task_type: str = "classification", steps: int = 100, lr: float = 0.01,
                  head_only: bool = False, transductive: bool = True) -> None:

@@ -16,8 +16,8 @@ class MAML(MetaLearner):
     task_batching = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 1, eval_inner_steps: int | None = None, first_order: bool = False) -> None:
-        # inner_lr: 0.4 Omniglot 5-way, 0.01 miniImageNet and sinusoid (Finn et al. 2017, Sec. 5)
+                 inner_steps: int = 1, eval_inner_steps: int | None = 10, first_order: bool = False) -> None:
+        # defaults and their sources: the card in method_cards.yaml
         super().__init__(model, task_type, inner_steps, eval_inner_steps, first_order)
         self.inner_lr = float(inner_lr)
 
@@ -30,5 +30,5 @@ class FOMAML(MAML):
     name = "fomaml"
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 1, eval_inner_steps: int | None = None) -> None:
+                 inner_steps: int = 1, eval_inner_steps: int | None = 10) -> None:
         super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order=True)

@@ -49,7 +49,7 @@ class MAMLpp(MetaLearner):
     task_batching = True
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 5, eval_inner_steps: int | None = None, first_order: bool = False,
+                 inner_steps: int = 5, eval_inner_steps: int | None = 5, first_order: bool = False,
                  multi_step_loss: bool = True, msl_epochs: int = 10, per_step_bn: bool = True, lslr: bool = True,
                  derivative_order_annealing: bool = True, first_order_epochs: int = 50,
                  cosine_annealing: bool = True, min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500,

@@ -73,9 +73,7 @@ class MetaLSTM(MetaLearner):
                  eval_inner_steps: int | None = None, hidden_size: int = 20, preprocess_p: float = 10.0,
                  weight_init: float = 0.01, forget_bias_init: tuple[float, float] = (4.0, 5.0),
                  input_bias_init: tuple[float, float] = (-5.0, -4.0)) -> None:
-        # inner_steps: 12 for 1-shot, 8 for 5-shot (official config/lstm/train-imagenet-{1,5}shot.lua: nEpochs)
-        # hidden_size: 20 (paper Sec. 4 / official nHidden); preprocess_p: 10 (Andrychowicz et al. 2016)
-        # weight_init, bias inits: official meta-learner-lstm.lua (uniform(-0.01, 0.01), bF U(4,5), bI U(-5,-4))
+        # defaults and their sources (official configs, Andrychowicz et al. 2016): the card in method_cards.yaml
         super().__init__(model, task_type, inner_steps, eval_inner_steps, first_order=False)
         self.preprocess_p = float(preprocess_p)
         ref = next(model.parameters())

@@ -20,8 +20,7 @@ from ..models import drop_head
 
 class NearestNeighbor(MetaLearner):
     name = "nearest_neighbor"
-    needs_pretrained = True
-    meta_trainable = False
+    # needs_pretrained = True, meta_trainable = False: set from its card (method_cards.yaml)
 
     def __init__(self, model: nn.Module, task_type: str = "classification", transductive: bool = True) -> None:
         # transductive: support and query features from one batch (batch norm over all S + Q images); the

@@ -1,0 +1,66 @@
+"""Method cards (method_cards.yaml): each method's hyperparameters with defaults and sources, label, citation and
+needs, written once. Torch-free, so that the Snakefile and the config validator can read them; the method
+registry (metarepro.methods), the schema (metarepro.config) and the reports (metarepro.report) derive from them."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CARDS_PATH = Path(__file__).resolve().parent / "method_cards.yaml"
+FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False}
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    name: str
+    label: str
+    citation: str
+    hparams: dict[str, dict] = field(default_factory=dict)
+    gradient_based: bool = False
+    needs_pretrained: bool = False
+    meta_trainable: bool = True
+    any_train_ways: bool = False
+
+    def defaults(self) -> dict[str, Any]:
+        """Every hyperparameter's default (what a run gets when its config block omits it)."""
+        return {k: v["default"] for k, v in self.hparams.items() if "default" in v}
+
+    def schema(self) -> dict:
+        """The JSON schema of this method's config block (its hyperparameters plus the add-ons' settings)."""
+        return {"type": ["object", "null"], "additionalProperties": False, "description": self.citation,
+                "properties": {"addons": {"$ref": "#/$defs/addons"}, **self.hparams}}
+
+
+@functools.lru_cache(maxsize=1)
+def cards() -> dict[str, MethodCard]:
+    """name -> MethodCard, in the file's order (the order tables list methods in)."""
+    raw = yaml.safe_load(CARDS_PATH.read_text())
+    out = {}
+    for name, c in raw.items():
+        unknown = set(c) - {"label", "citation", "hparams", *FLAGS}
+        if unknown or not {"label", "citation"} <= set(c):
+            raise ValueError(f"{CARDS_PATH}: method {name!r} has unknown fields {sorted(unknown)} or lacks "
+                             "label/citation")
+        for hp, spec in (c.get("hparams") or {}).items():
+            if "default" not in spec or "description" not in spec:
+                raise ValueError(f"{CARDS_PATH}: {name}.hparams.{hp} needs a default and a description (its source)")
+        out[name] = MethodCard(name=name, label=c["label"], citation=c["citation"], hparams=dict(c.get("hparams") or {}),
+                               **{f: bool(c.get(f, d)) for f, d in FLAGS.items()})
+    return out
+
+
+def card(name: str) -> MethodCard:
+    """The card of a registered method (base name, without @tag or +add-ons)."""
+    try:
+        return cards()[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(cards())}") from None
+
+
+def with_flag(flag: str) -> frozenset[str]:
+    """The methods whose card sets `flag` (one of FLAGS)."""
+    return frozenset(n for n, c in cards().items() if getattr(c, flag))

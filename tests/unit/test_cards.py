@@ -1,0 +1,70 @@
+"""One source of truth per method: its card (method_cards.yaml). The registry, the schema, the run defaults, the
+classes' flags and the report labels all agree with it."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from metarepro import methods, models
+from metarepro.cards import cards, with_flag
+from metarepro.config import ANY_TRAIN_WAYS, NOT_META_TRAINED, PRETRAINED_METHODS, load_schema, validate_config
+from metarepro.report.tables import method_label
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def test_every_registered_method_has_a_card_and_every_card_a_class():
+    assert list(cards()) == list(methods.METHODS)
+    for c in cards().values():
+        assert c.label and c.citation
+
+
+@pytest.mark.parametrize("name", list(cards()))
+def test_constructor_defaults_equal_the_card(name):
+    """The card is what runs get (methods.build fills it in); a class used directly must not disagree with it."""
+    params = inspect.signature(methods.METHODS[name].__init__).parameters
+    for hp, default in cards()[name].defaults().items():
+        assert hp in params, f"{name}: card hyperparameter {hp!r} is not a constructor argument"
+        assert _plain(params[hp].default) == default, f"{name}.{hp}: constructor {params[hp].default!r} vs card {default!r}"
+
+
+def test_build_fills_the_card_defaults():
+    mlp = lambda: models.build("mlp", (1,), 1)   # noqa: E731
+    assert methods.build("maml", mlp(), "regression").eval_inner_steps == 10
+    assert methods.build("metasgd", mlp(), "regression").eval_inner_steps == 1
+    assert methods.build("mamlpp", mlp(), "regression").eval_inner_steps == 5
+    assert methods.build("pamela", mlp(), "regression", inner_steps=3).eval_inner_steps == 10
+    assert methods.build("metalstm", mlp(), "regression", inner_steps=8).eval_inner_steps == 8   # null = inner_steps
+
+
+def test_schema_blocks_and_config_defaults_come_from_the_cards():
+    schema = load_schema()
+    for name, c in cards().items():
+        block = schema["$defs"][f"method_{name}"]
+        assert set(block["properties"]) == {"addons", *c.hparams}
+        assert schema["$defs"]["experiment"]["properties"]["methods"]["properties"][name] == {"$ref": f"#/$defs/method_{name}"}
+    cfg = validate_config({"experiments": {"e": {"dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1],
+                                                   "methods": {n: None for n in cards()}}}})
+    for name, c in cards().items():
+        assert cfg["experiments"]["e"]["methods"][name] == c.defaults(), name
+
+
+def test_flags_and_labels_derive_from_the_cards():
+    assert PRETRAINED_METHODS == with_flag("needs_pretrained") == {"finetune", "nearest_neighbor"}
+    assert NOT_META_TRAINED == {"finetune", "nearest_neighbor"}
+    assert ANY_TRAIN_WAYS == {"protonet", "matchingnet"}
+    for name, cls in methods.METHODS.items():
+        assert cls.needs_pretrained == cards()[name].needs_pretrained
+        assert cls.meta_trainable == cards()[name].meta_trainable
+        assert method_label(name) == cards()[name].label
+
+
+def test_fomaml_block_has_no_first_order_switch():
+    """FO-MAML is first order by definition; its block used to accept `first_order` (MAML's), which its
+    constructor rejected at training time."""
+    with pytest.raises(Exception, match="first_order"):
+        validate_config({"experiments": {"e": {"dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1],
+                                               "methods": {"fomaml": {"first_order": False}}}}})
