@@ -341,3 +341,35 @@ def test_budget_of_a_baseline_without_meta_training(tmp_path, paper):
     budget = {r["method"]: r["budget"] for r in rows}
     assert budget["nearest_neighbor"] == "pretrained classifier, no meta-training (default)"
     assert budget["maml"] == "500 it × 8 tasks (default)"
+
+
+def test_curves_draw_each_runs_published_number(tmp_path, paper, monkeypatch):
+    ev = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(95, 5))
+    _train_log(ev.parent, 95.0)
+    drawn = []
+    real = figures.plt.Axes.axhline
+
+    def spy(ax, y, *a, **k):
+        drawn.append((y, k.get("label")))
+        return real(ax, y, *a, **k)
+    monkeypatch.setattr(figures.plt.Axes, "axhline", spy)
+    figures.figure_curves([ev.parent], tmp_path / "c.png", paper=paper)
+    assert drawn == [(98.7, "MAML: published 98.7 (Finn et al. 2017 (MAML))")]
+    drawn.clear()
+    figures.figure_curves([ev.parent], tmp_path / "c.png")          # no paper csv: no line
+    assert drawn == []
+
+
+def test_wall_time_column_and_budget_of_train_ways_and_ensembles(tmp_path, paper):
+    ev_path = write_eval(tmp_path, "omniglot", "protonet", 5, 1, 0, alternating(95, 5))
+    ev = json.loads(ev_path.read_text())
+    ev["checkpoint"]["train_wall_time_s"] = 1500.0          # 25 min of meta-training, 1 s of test
+    ev["run"]["train"].update(ways=60, ensemble=5)
+    ev_path.write_text(json.dumps(ev))
+    md, csv_path = tables.make_table([ev_path], tmp_path / "t.md", "T", paper, wall_time=True)
+    text = md.read_text()
+    assert "| Wall time (min, train + test) |" in text
+    assert "| 500 it × 8 tasks, 60-way, top-5 ensemble (default) | 25.0 + 0.0 |" in text
+    row = read_csv(csv_path)[0]
+    assert float(row["train_wall_s"]) == 1500.0 and float(row["test_wall_s"]) == 1.0
+    assert "Wall time" not in tables.make_table([ev_path], tmp_path / "u.md", "U", paper)[0].read_text()

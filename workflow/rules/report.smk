@@ -32,8 +32,10 @@ rule table:
         runtime=10,
     params:
         title=lambda w: config["reports"][w.name].get("title", w.name),
+        wall_time=lambda w: "--wall-time" if config["reports"][w.name].get("wall_time") else "",
     shell:
         "PYTHONPATH=src python -m metarepro report table --name {wildcards.name} --title {params.title:q} --paper {input.paper:q}"
+        " {params.wall_time}"
         " --out {output.md:q} {input.evals:q} > {log:q} 2>&1"
 
 
@@ -84,7 +86,8 @@ rule xdomain:
 
 rule curves:
     input:
-        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
+        runs=lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
+        paper="config/paper_results.csv",
     output:
         report(f"{FIGURES}/{{name}}_curves.png", caption="../report/curves.rst", category="Figures",
                labels={"report": "{name}", "figure": "training curves"}),
@@ -99,7 +102,8 @@ rule curves:
     params:
         run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
     shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind curves --out {output:q} {params.run_dirs:q} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro report figure --kind curves --paper {input.paper:q} --out {output:q}"
+        " {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule inner_steps:

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--paper", default="config/paper_results.csv",
                    help="published numbers CSV (default: %(default)s); 'none' for no paper columns")
     t.add_argument("--out", help="output .md (default: reports/tables/NAME.md); the .csv goes beside it")
+    t.add_argument("--wall-time", action="store_true", help="a column of each row's training + test wall time")
     t.add_argument("evals", nargs="+", metavar="EVAL_JSON")
 
     # Its own subcommand rather than a `table` flag: it reads run directories (eval.json + config.yaml),
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("figure", help="a PNG figure")
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
     f.add_argument("--out", required=True, help="output .png")
+    f.add_argument("--paper", help="curves: config/paper_results.csv, to draw each run's published number")
     f.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="run directories (curves, loss_variance) or eval.json files (inner_steps, sinusoid_fits, "
                         "gates)")
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .tables import make_table
 
             paper = None if str(args.paper).lower() == "none" else args.paper
-            md, csv_path = make_table(args.evals, out, args.title or args.name, paper)
+            md, csv_path = make_table(args.evals, out, args.title or args.name, paper, args.wall_time)
             print(f"wrote {md} and {csv_path}")
         elif args.command == "complexity":
             out = Path(args.out or f"reports/tables/{args.name}_complexity.md")
@@ -106,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "figure":
             from .figures import FIGURES
 
-            print(f"wrote {FIGURES[args.kind](args.inputs, args.out)}")
+            extra = {"paper": args.paper} if args.kind == "curves" and args.paper else {}
+            print(f"wrote {FIGURES[args.kind](args.inputs, args.out, **extra)}")
         else:
             print(f"wrote {write_index(args.files, args.out)}")
     except MetareproError as exc:

@@ -23,8 +23,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..utils import MetareproError, atomic_path  # noqa: E402
-from .tables import (DATASET_LABELS, DATASET_ORDER, aggregate, load_eval, method_label, read_run_config,  # noqa: E402
-                     setting_label)
+from .tables import (DATASET_LABELS, DATASET_ORDER, Group, aggregate, load_eval, load_paper_results,  # noqa: E402
+                     match_paper, method_label, read_run_config, setting_label)
 
 log = logging.getLogger("metarepro.report")
 
@@ -80,9 +80,13 @@ def _run_label(cfg: dict) -> str:
             f"seed {cfg['seed']}")
 
 
-def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Meta-training loss and validation metric vs iteration; one row per dataset, one line per run."""
+def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                  paper: str | os.PathLike | None = None) -> Path:
+    """Meta-training loss and validation metric vs iteration; one row per dataset, one line per run. With `paper`
+    (config/paper_results.csv), each run's published test number is a dashed line in the run's colour on the
+    validation panel (matched as in the tables: dataset, ways, shots, metric, method label)."""
     runs = [load_run_dir(d) for d in run_dirs]
+    published = load_paper_results(paper) if paper else []
     if not runs:
         raise MetareproError("figure --kind curves needs at least one run directory")
     datasets = sorted({c["dataset"] for c, _ in runs}, key=lambda d: (DATASET_ORDER + [d]).index(d))
@@ -108,10 +112,18 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike)
                 ci = val["val_ci95"].fillna(0.0)
                 ax_val.fill_between(val["iteration"], val["val_mean"] - ci, val["val_mean"] + ci,
                                     color=color, alpha=0.2)
+            seen = set()
+            for p in match_paper(Group(ds, int(cfg["ways"]), int(cfg["shots"]), str(cfg["method"]), metric, []),
+                                 published):
+                if p.value not in seen:
+                    seen.add(p.value)
+                    ax_val.axhline(p.value, color=color, linestyle="--", linewidth=1.2,
+                                   label=f"{method_label(str(cfg['method']))}: published {p.value_text} ({p.paper})")
         name = DATASET_LABELS.get(ds, ds)
         ax_loss.set(title=f"{name}: meta-training loss (faint: raw; solid: moving average)",
                     xlabel="meta-iteration", ylabel="meta loss (query set)")
-        ax_val.set(title=f"{name}: validation (mean ± 95% CI)", xlabel="meta-iteration",
+        ax_val.set(title=f"{name}: validation (mean ± 95% CI)" + ("; dashed: published test score" if published
+                                                                      else ""), xlabel="meta-iteration",
                    ylabel=_metric_label(metric, "validation"))
         for ax in (ax_loss, ax_val):
             if ax.get_legend_handles_labels()[0]:

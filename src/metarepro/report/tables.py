@@ -232,7 +232,7 @@ CSV_COLUMNS = [
     "ours_mean", "ours_ci95", "ci_over", "ours_step1_mean", "ours_step1_ci95", "compared_at",
     "paper_value", "paper_ci95", "paper_method", "paper_backbone", "paper", "paper_source", "ref",
     "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_n", "vs_maml_t", "vs_maml_p_t",
-    "vs_maml_p_wilcoxon"]
+    "vs_maml_p_wilcoxon", "train_wall_s", "test_wall_s"]
 
 
 def _fmt(x: float | None, nd: int, sign: bool = False) -> str:
@@ -265,7 +265,21 @@ def _budget(evals: list[dict]) -> tuple[str, str, str, str]:
         return "0", "0", prof, f"pretrained classifier, no meta-training ({prof})"
     its = _join_unique(e["run"].get("train", {}).get("iterations", "?") for e in evals)
     mb = _join_unique(e["run"].get("train", {}).get("meta_batch", "?") for e in evals)
-    return its, mb, prof, f"{its} it × {mb} tasks ({prof})"
+    tw = _join_unique(e["run"].get("train", {}).get("ways", "") for e in evals)
+    ways = f", {tw}-way" if tw and tw != _join_unique(e["run"].get("ways") for e in evals) else ""
+    ens = _join_unique(e["run"].get("train", {}).get("ensemble", "") for e in evals)
+    return its, mb, prof, f"{its} it × {mb} tasks{ways}" + (f", top-{ens} ensemble" if ens else "") + f" ({prof})"
+
+
+def _mean_of(values: Iterable[Any]) -> float | None:
+    xs = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _fmt_wall(row: dict) -> str:
+    """"12.5 + 1.3" (minutes of meta-training + test), or — where a time is missing."""
+    t, e = row.get("train_wall_s"), row.get("test_wall_s")
+    return DASH if t is None or e is None else f"{t / 60:.1f} + {e / 60:.1f}"
 
 
 def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], list[PaperRow]]:
@@ -297,6 +311,9 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
             "vs_maml_n": pair.n if pair else None, "vs_maml_t": pair.t if pair else None,
             "vs_maml_p_t": pair.p_t if pair else None, "vs_maml_p_wilcoxon": pair.p_wilcoxon if pair else None,
             "_is_ref": ref is g,
+            # wall times on the machine that ran them (mean over seeds): meta-training, and this evaluation
+            "train_wall_s": _mean_of((e.get("checkpoint") or {}).get("train_wall_time_s") for e in g.evals),
+            "test_wall_s": _mean_of(e.get("wall_time_s") for e in g.evals),
         }
         matches = match_paper(g, paper) or [None]
         for p in matches:
@@ -331,7 +348,7 @@ def _pipe_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _md_cells(row: dict, sinus: bool) -> list[str]:
+def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     nd = _nd(row["metric"])
     ours = _fmt_ci(row["ours_mean"], row["ours_ci95"], nd)
     paper_txt = row.get("_paper_text", DASH)
@@ -348,7 +365,7 @@ def _md_cells(row: dict, sinus: bool) -> list[str]:
         p = f"{_fmt_p(row['vs_maml_p_t'])} / {_fmt_p(row['vs_maml_p_wilcoxon'])}"
     source = f"{row['paper']} {row['ref']}" if row["paper"] else DASH
     cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]), row["setting"], method, row["backbone"],
-             row["budget"]]
+             row["budget"]] + ([_fmt_wall(row)] if wall_time else [])
     if sinus:
         s1 = (_fmt_ci(row["ours_step1_mean"], row["ours_step1_ci95"], nd)
               if row["ours_step1_mean"] is not None else DASH)
@@ -360,15 +377,17 @@ def _md_cells(row: dict, sinus: bool) -> list[str]:
     return cells
 
 
-def _header(metric: str, sinus: bool) -> list[str]:
+def _header(metric: str, sinus: bool, wall_time: bool = False) -> list[str]:
     unit = "accuracy %" if metric == "accuracy" else "MSE"
     ours = ([f"Ours, 1 step ({unit})", f"Ours, K steps ({unit})"] if sinus else [f"Ours ({unit})"])
-    return (["Dataset", "Setting", "Method", "Backbone", "Budget"] + ours
+    return (["Dataset", "Setting", "Method", "Backbone", "Budget"]
+            + (["Wall time (min, train + test)"] if wall_time else []) + ours
             + ["Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
                "vs MAML (paired Δ ± CI)", "p (t / Wilcoxon)"])
 
 
-def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_path: str) -> str:
+def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_path: str,
+                    wall_time: bool = False) -> str:
     parts = [f"# {title}", ""]
     if not rows:
         parts += ["_No evaluation results were given._", ""]
@@ -378,7 +397,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
     for (metric, sinus), rs in sections.items():
         if len(sections) > 1:
             parts += [f"## {'Sinusoid regression (MSE, lower is better)' if sinus else metric.capitalize()}", ""]
-        parts += [_pipe_table(_header(metric, sinus), [_md_cells(r, sinus) for r in rs]), ""]
+        parts += [_pipe_table(_header(metric, sinus, wall_time), [_md_cells(r, sinus, wall_time) for r in rs]), ""]
 
     notes = ["## Notes", ""]
     episodes = _join_unique(r["episodes"] for r in rows) or "?"
@@ -408,6 +427,11 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
     notes.append(f"- **Budget.** Produced by config profile(s) **{profiles or '?'}**; budget = meta-training "
                  f"iterations × tasks per meta-batch (profile). {budgets}. Published results mostly train far "
                  f"longer (MAML: 40k-60k iterations, see `../shared/reference/README.md`), so gaps partly reflect budget.")
+    if wall_time:
+        notes.append("- **Wall time.** Minutes of meta-training (the whole run, validations included) + minutes of "
+                     "this test evaluation, on the machine that ran them (`numerics` in each eval.json names the "
+                     "CPU); the profile's jobs ran in parallel, one thread each. Columns `train_wall_s`, "
+                     "`test_wall_s` of the CSV.")
     if any(r["dataset"] == "sinusoid" for r in rows):
         notes.append("- **Sinusoid.** The published sinusoid numbers (Li et al. 2017, Meta-SGD Table 1) are MSEs "
                      "after one inner step, so `Ours − paper` and `Paper in our CI` use our MSE after 1 inner "
@@ -466,8 +490,9 @@ def numerics_note(evals: list[dict]) -> str:
 
 
 def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
-               paper_path: str | os.PathLike | None) -> tuple[Path, Path]:
-    """Write `out_md` and the CSV beside it (same stem); return both paths."""
+               paper_path: str | os.PathLike | None, wall_time: bool = False) -> tuple[Path, Path]:
+    """Write `out_md` and the CSV beside it (same stem); return both paths. `wall_time`: a column of each row's
+    meta-training + test wall time in the Markdown too (the CSV always has them)."""
     out_md = Path(out_md)
     if out_md.suffix != ".md":
         raise MetareproError(f"table output {out_md} must end in .md (the CSV is written beside it)")
@@ -476,6 +501,7 @@ def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLik
     rows, cited = build_rows(evals, paper)
     out_csv = out_md.with_suffix(".csv")
     write_text_atomic(out_csv, render_csv(rows))
-    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)")
+    write_text_atomic(out_md, render_markdown(title, rows, cited, str(paper_path) if paper_path else "(none)",
+                                              wall_time)
                       + numerics_note(evals))
     return out_md, out_csv
