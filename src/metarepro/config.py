@@ -244,11 +244,12 @@ def _check_cross_references(cfg: dict, source: str) -> None:
         if needs and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
                             f"dataset 'sinusoid' has no classes to pretrain on")
-        tw = exp["train"].get("ways")
-        if tw is not None and tw != exp["ways"]:
+        for where, block in [("train", exp["train"])] + [(f"train_overrides.{k}", v)
+                                                          for k, v in exp["train_overrides"].items()]:
+            tw = block.get("ways")
             fixed = sorted(m for m in exp["methods"] if base_method(m) not in ANY_TRAIN_WAYS)
-            if fixed:
-                problems.append(f"'experiments.{name}.train.ways' = {tw} differs from ways = {exp['ways']}, but "
+            if tw is not None and tw != exp["ways"] and fixed:
+                problems.append(f"'experiments.{name}.{where}.ways' = {tw} differs from ways = {exp['ways']}, but "
                                 f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
                                 f"{tw}-way episodes; only {', '.join(sorted(ANY_TRAIN_WAYS))} can")
         for shot in exp["train_overrides"]:

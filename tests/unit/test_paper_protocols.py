@@ -40,7 +40,10 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for dataset in sorted({e["dataset"] for e in CFG["experiments"].values()} - {"sinusoid"}):
         exps = [e for e in CFG["experiments"].values() if e["dataset"] == dataset]
-        ways, per_class = max(e["ways"] for e in exps), max(max(e["shots"]) for e in exps) + 1
+        # as many classes as the widest episodes, meta-training's (train.ways, e.g. ProtoNet's 60) included
+        ways = max(max([e["ways"], e["train"].get("ways", 0)] + [o.get("ways", 0) for o in e["train_overrides"].values()])
+                   for e in exps)
+        per_class = max(max(e["shots"]) for e in exps) + 1
         channels = 1 if dataset == "omniglot" else 3
 
         def split(name: str, n_classes: int = ways) -> tuple:
