@@ -101,6 +101,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     ckpt_path = out / "checkpoints" / "last.pt"
     tr = run.train
     learner = build_learner(run).to(device)
+    if "stack_tasks" in tr and getattr(learner.model, "task_batched", False):
+        learner.model.stack_tasks = bool(tr["stack_tasks"])   # run a meta-batch as one stacked task, or loop
     if learner.needs_pretrained:
         if not run.pretrained:
             raise MetareproError(f"method {run.method!r} starts from a pretrained backbone, but the run config has no "

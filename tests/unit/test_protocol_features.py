@@ -161,3 +161,25 @@ def test_training_keeps_the_best_checkpoints_and_evaluation_ensembles_them(tmp_p
     result = json.loads(out.read_text())
     assert [e["iteration"] for e in result["ensemble"]] == expected
     assert len(result["per_episode"]) == 4 and all(math.isfinite(v) for v in result["per_episode"])
+
+
+# ---- train.stack_tasks ----------------------------------------------------------------------------------------
+def test_stack_tasks_runs_conv4_meta_batches_stacked_with_the_same_training(tmp_path, tiny_omniglot, monkeypatch):
+    stacked = []
+    real = train_mod.MetaLearner.can_stack
+
+    def spy(self, tasks):
+        stacked.append(real(self, tasks))
+        return stacked[-1]
+    monkeypatch.setattr(train_mod.MetaLearner, "can_stack", spy)
+    weights: dict[bool, list[float]] = {}
+    for flag in (True, False):
+        run = _run(_config(tmp_path, {"stack_tasks": flag, "meta_batch": 3}, {"maml": {"inner_lr": 0.1}}), "maml",
+                   tiny_omniglot, tmp_path / f"run{flag}")
+        stacked.clear()
+        metatrain(run, progress=False)
+        assert stacked and all(s == flag for s in stacked)
+        with open(tmp_path / f"run{flag}" / "train_log.csv") as f:
+            weights[flag] = [float(r["meta_loss"]) for r in csv.DictReader(f)]
+    # the same meta-losses, iteration by iteration, up to float32 rounding (summation order)
+    assert weights[True] == pytest.approx(weights[False], rel=1e-4)

@@ -200,6 +200,9 @@ class MetaLearner(nn.Module):
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task_type == "classification":
+            if out.dim() == 3:
+                # a stack of tasks (T, N, ways): the SUM of per-task mean losses (as for regression below)
+                return self.task_losses(out, y).sum()
             return F.cross_entropy(out, y)
         if out.dim() == 3:
             # a stack of tasks (T, N, d): the SUM of per-task mean losses, so that gradients w.r.t. per-task
@@ -277,6 +280,8 @@ class MetaLearner(nn.Module):
         """Per-task losses (T,) of a stacked task's output (T, N, ...), with the graph; None for one task."""
         if out.dim() == 3 and self.task_type == "regression":
             return F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+        if out.dim() == 3:
+            return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
         return None
 
     def meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
@@ -300,8 +305,9 @@ class MetaLearner(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         params = [p for group in optimizer.param_groups for p in group["params"]]  # meta-parameters, terms' included
         per_task = aggregator is not None and aggregator.per_task_gradients
-        batches = [Task.stack(tasks)] if not per_task and self.can_stack(tasks) else tasks
         taps = sorted({t.tap for t in terms if getattr(t, "tap", None)})
+        stack = self.can_stack(tasks) and not per_task and not (taps and not getattr(self.model, "stacked_taps", True))
+        batches = [Task.stack(tasks)] if stack else tasks
         stats, grads, used = StepStats(), [], set()
         for batch in batches:
             with tap_outputs(self.model, taps) as features:
@@ -346,7 +352,9 @@ class MetaLearner(nn.Module):
 
     def can_stack(self, tasks: list[Task]) -> bool:
         """Whether `meta_step` runs `tasks` as one stacked task (see `task_batching`)."""
-        if not (self.task_batching and getattr(self.model, "task_batched", False) and len(tasks) > 1):
+        model = self.model
+        if not (self.task_batching and getattr(model, "task_batched", False) and getattr(model, "stack_tasks", True)
+                and len(tasks) > 1):
             return False
         shapes = {tuple(getattr(t, f).shape for f in ("x_support", "y_support", "x_query", "y_query")) for t in tasks}
         return len(shapes) == 1 and not any(t.n_tasks for t in tasks)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .task_layers import TaskBatchNorm2d, TaskConv2d, TaskLinear
+
 
 def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size=3, padding=1),
-        nn.BatchNorm2d(cout, track_running_stats=running_stats),
+        TaskConv2d(cin, cout, kernel_size=3, padding=1),
+        TaskBatchNorm2d(cout, track_running_stats=running_stats),
         nn.ReLU(inplace=False),
         nn.MaxPool2d(2),
     )
@@ -22,6 +24,8 @@ def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
 class Conv4(nn.Module):
     # the feature map before the last pooling (ReLU of block 4): what CML's co-learner reads
     feature_map = "features.3.2"
+    # the tapped feature map of a stack is in the (N, T*C, H, W) layout, not (T, N, ...): no stacking with taps
+    stacked_taps = False
 
     def __init__(self, in_shape: tuple[int, int, int], out_dim: int, filters: int = 64,
                  bn_running_stats: bool = False) -> None:
@@ -38,7 +42,12 @@ class Conv4(nn.Module):
         self.feature_dim = filters * (h // 16) * (w // 16)
         if self.feature_dim == 0:
             raise ValueError(f"Conv4 needs inputs of at least 16x16, got {h}x{w}")
-        self.head = nn.Linear(self.feature_dim, out_dim)
+        self.head = TaskLinear(self.feature_dim, out_dim)
+        # accepts stacked per-task parameters (models/task_layers.py), unless batch norm keeps running statistics;
+        # used only when asked (train.stack_tasks): on a 2-core CPU it gained 1.17x at meta-batch 32 with 1 query
+        # per class and nothing at meta-batch 8 with 15 (benchmarks/README.md), and it changes float rounding
+        self.task_batched = not bn_running_stats
+        self.stack_tasks = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) -> (B, out_dim)
         return self.head(self.features(x))
