@@ -9,6 +9,7 @@ from torch import nn
 
 from ..cards import card
 from .base import Learner, MetaLearner, Task
+from .boil import BOIL
 from .finetune import Finetune
 from .maml import FOMAML, MAML
 from .mamlpp import MAMLpp
@@ -18,9 +19,11 @@ from .metasgd import MetaSGD
 from .nearest_neighbor import NearestNeighbor
 from .pamela import PAMELA
 from .protonet import ProtoNet
+from .sharp_maml import SharpMAML
 
 METHODS: dict[str, type[MetaLearner]] = {
     "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
+    "boil": BOIL, "sharp_maml": SharpMAML,
     "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 

@@ -304,6 +304,14 @@ class MetaLearner(nn.Module):
         """
         optimizer.zero_grad(set_to_none=True)
         params = [p for group in optimizer.param_groups for p in group["params"]]  # meta-parameters, terms' included
+        stats = self.meta_gradient(tasks, params, aggregator, terms)
+        return self.apply_meta_gradient(stats, params, optimizer, grad_clip)
+
+    def meta_gradient(self, tasks: list[Task], params: list[Tensor], aggregator: Any = None,
+                      terms: Sequence[Any] = ()) -> "StepStats":
+        """Steps 1-3 of `meta_step`: fill `.grad` of `params` (zeroed beforehand) with the meta-gradient of the
+        meta-batch; return the stats. Methods that need the meta-gradient at more than one point (Sharp-MAML's
+        perturbed weights) call it more than once before `apply_meta_gradient`."""
         per_task = aggregator is not None and aggregator.per_task_gradients
         taps = sorted({t.tap for t in terms if getattr(t, "tap", None)})
         stack = self.can_stack(tasks) and not per_task and not (taps and not getattr(self.model, "stacked_taps", True))
@@ -335,6 +343,12 @@ class MetaLearner(nn.Module):
             for i, p in enumerate(params):   # a parameter no task's objective reached keeps grad None, as in backward
                 p.grad = combined[offset:offset + p.numel()].view_as(p).clone() if i in used else None
                 offset += p.numel()
+        return stats
+
+    def apply_meta_gradient(self, stats: "StepStats", params: list[Tensor], optimizer: torch.optim.Optimizer,
+                            grad_clip: float | None) -> "StepStats":
+        """The update of `meta_step` from the gradients in `.grad`: skipped when one is not finite, else clipped
+        (when asked) and applied by the optimizer."""
         if not finite_grads(params):
             # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
             # NaN into every meta-parameter; the training loop counts and logs skipped steps
