@@ -64,7 +64,7 @@ def test_train_ways_is_refused_for_methods_with_a_ways_sized_head(tmp_path):
         load_config_dict(_config(tmp_path, {"ways": 10}, {"maml": {}, "protonet": {}}))
     msg = str(e.value)
     assert "'experiments.omni.train.ways' = 10" in msg and "but maml classify with a 5-way head" in msg
-    assert "only matchingnet, protonet can" in msg
+    assert "only amfs, matchingnet, protonet can" in msg
     load_config_dict(_config(tmp_path, {"ways": 10}, {"protonet": {}, "matchingnet": {}}))   # accepted
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..cards import card
+from .amfs import AMFS
 from .base import Learner, MetaLearner, Task
 from .boil import BOIL
 from .finetune import Finetune
@@ -23,7 +24,7 @@ from .sharp_maml import SharpMAML
 
 METHODS: dict[str, type[MetaLearner]] = {
     "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
-    "boil": BOIL, "sharp_maml": SharpMAML,
+    "boil": BOIL, "sharp_maml": SharpMAML, "amfs": AMFS,
     "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 

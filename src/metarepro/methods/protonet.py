@@ -6,8 +6,9 @@ paper's choice; cosine, their ablation, is the option `distance: cosine`). Adapt
 steps, so evaluation reports a single score (by_step "0"). Meta-training is episodic cross-entropy of the query
 logits, back-propagated into the embedding through the query embeddings and the prototypes.
 Batch norm: support and query are embedded as one batch (`transductive`, the default), as Snell et al.'s code does,
-so the batch statistics come from all S + Q images rather than from a 1-shot support set of `ways` images. Training ways: the paper trains with more ways than it tests (60-way Omniglot,
-30/20-way miniImageNet); here training episodes have the experiment's `ways`.
+so the batch statistics come from all S + Q images rather than from a 1-shot support set of `ways` images.
+Training ways: the paper trains with more ways than it tests (60-way Omniglot, 30/20-way miniImageNet): set
+`train.ways` (the prototypes adapt to any number of classes).
 """
 from __future__ import annotations
 
