@@ -125,7 +125,8 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     model = build_classifier(cfg, images.n_classes).to(device)
     if pt["optimizer"] == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=pt["lr"], momentum=pt["momentum"],
-                                                           weight_decay=pt["weight_decay"])
+                                                           weight_decay=pt["weight_decay"],
+                                                           nesterov=bool(pt.get("nesterov", False)))
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=pt["lr"], weight_decay=pt["weight_decay"])
     val_seed = datasets.eval_seed(cfg.val_seed, cfg.dataset, "val", pt["val_ways"], pt["val_shots"])
@@ -149,6 +150,11 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
                dynamic_ncols=True)
     model.train()
     for step in bar:
+        if pt.get("lr_step_epochs"):
+            # step decay by epochs (MTL's StepLR(30, 0.2)); a function of the step, so a resumed job agrees
+            lr = pt["lr"] * pt.get("lr_gamma", 0.1) ** int(step / schedule.steps_per_epoch // pt["lr_step_epochs"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         x, y = images.batch(schedule.indices(step))
         x, y = x.to(device), y.to(device)
         out_logits = model(x)

@@ -53,7 +53,7 @@ def test_schema_blocks_and_config_defaults_come_from_the_cards():
 
 
 def test_flags_and_labels_derive_from_the_cards():
-    assert PRETRAINED_METHODS == with_flag("needs_pretrained") == {"finetune", "nearest_neighbor"}
+    assert PRETRAINED_METHODS == with_flag("needs_pretrained") == {"finetune", "nearest_neighbor", "mtl"}
     assert NOT_META_TRAINED == {"finetune", "nearest_neighbor"}
     assert ANY_TRAIN_WAYS == {"protonet", "matchingnet", "amfs"}
     for name, cls in methods.METHODS.items():

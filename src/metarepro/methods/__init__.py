@@ -17,6 +17,7 @@ from .mamlpp import MAMLpp
 from .matchingnet import MatchingNet
 from .metalstm import MetaLSTM
 from .metasgd import MetaSGD
+from .mtl import MTL
 from .nearest_neighbor import NearestNeighbor
 from .pamela import PAMELA
 from .protonet import ProtoNet
@@ -24,7 +25,7 @@ from .sharp_maml import SharpMAML
 
 METHODS: dict[str, type[MetaLearner]] = {
     "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
-    "boil": BOIL, "sharp_maml": SharpMAML, "amfs": AMFS,
+    "boil": BOIL, "sharp_maml": SharpMAML, "amfs": AMFS, "mtl": MTL,
     "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 

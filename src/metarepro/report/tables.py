@@ -28,9 +28,8 @@ __all__ = ["EVAL_REQUIRED", "PAPER_COLUMNS", "RUN_REQUIRED", "TRAIN_SHOTS_TAG", 
            "load_paper_results", "read_run_config", "make_table", "method_label", "aggregate", "build_rows",
            "render_markdown", "render_csv", "numerics_note", "paired_test", "mean_ci95", "seed_mean_ci95", "Paired"]
 
-# Our method name -> the label the papers (and config/paper_results.csv's `method` column) use: each method card's
-# label, then methods of the published tables that are not built yet.
-METHOD_LABELS: dict[str, str] = {**{n: c.label for n, c in cards().items()}, "mtl": "MTL"}
+# Our method name -> the label the papers (and config/paper_results.csv's `method` column) use: each method card's.
+METHOD_LABELS: dict[str, str] = {n: c.label for n, c in cards().items()}
 # Method variants (`<method>@<tag>`, metarepro.config.VARIANT_SEP) named after the paper's own row labels, so the
 # ablation rows meet their published numbers; config/paper.yaml gives each the switches its label says
 # (tests/unit/test_paper_protocols.py checks them). Other variants are labelled "<method label> (<tag>)".

@@ -1,0 +1,84 @@
+"""MTL's meta-transfer stage against hand computations (float64, 1e-6): scaling & shifting of frozen convolutions,
+the head-only first-order inner loop, what the outer loop may move and at which learning rates."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metarepro import models
+from metarepro.methods import build
+
+try:
+    from .tiny import random_image_tasks
+except ImportError:
+    from tiny import random_image_tasks
+
+
+def _mtl(**kw):
+    torch.manual_seed(0)
+    return build("mtl", models.build("conv4", (1, 16, 16), 5, filters=3).double(), "classification", **kw).double()
+
+
+def test_scaling_and_shifting_of_every_frozen_convolution():
+    learner = _mtl(shift="all")
+    conv = learner.model.features[0][0]
+    with torch.no_grad():
+        learner.ss_scale[0].copy_(torch.tensor([0.5, 2.0, -1.0]))
+        learner.ss_shift[0].copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    w = conv.weight * learner.ss_scale[0].view(-1, 1, 1, 1)              # W ⊙ Φ_S1, per filter
+    want = F.conv2d(x, w, conv.bias + learner.ss_shift[0], padding=1)     # + (b + Φ_S2)
+    torch.testing.assert_close(conv(x), want, rtol=0, atol=1e-12)
+    assert len(learner.ss_scale) == 4 and len(learner.ss_shift) == 4
+    assert len(_mtl(shift="first").ss_shift) == 1                          # the official code's choice
+
+
+def test_head_only_inner_loop_is_hand_sgd_on_the_support_features():
+    learner = _mtl(inner_lr=0.3, inner_steps=2).train()
+    task = random_image_tasks(1, 2, seed=1, size=16)[0]
+    task = type(task)(task.x_support.double(), task.y_support, task.x_query.double(), task.y_query)
+    zs = learner.embed_task(task, True)[0].detach().numpy()
+    w, b = learner.model.head.weight.detach().numpy().copy(), learner.model.head.bias.detach().numpy().copy()
+    y = np.eye(5)[task.y_support.numpy()]
+    for _ in range(2):
+        logits = zs @ w.T + b
+        p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        d = (p - y) / len(y)
+        w, b = w - 0.3 * d.T @ zs, b - 0.3 * d.sum(0)
+    adapted = list(learner.adapt_trajectory(task, 2, False))
+    final = adapted[-1](task.x_query).detach().numpy()
+    zq = learner.embed_task(task, True)[1].detach().numpy()
+    np.testing.assert_allclose(final, zq @ w.T + b, atol=1e-6, rtol=0)
+    # first order: the query loss's gradient w.r.t. theta (the head's initialisation) is dL/dtheta' itself
+    out = adapted[-1](task.x_query)
+    loss = F.cross_entropy(out, task.y_query)
+    loss.backward()
+    pq = torch.softmax(out.detach(), 1).numpy()
+    dq = (pq - np.eye(5)[task.y_query.numpy()]) / len(pq)
+    np.testing.assert_allclose(learner.model.head.weight.grad.numpy(), dq.T @ zq, atol=1e-6, rtol=0)
+
+
+def test_meta_step_moves_ss_batchnorm_and_head_never_the_filters_at_their_own_lrs():
+    learner = _mtl(inner_steps=3).train()
+    groups = learner.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in learner.model.head.parameters()}
+    filters = {n: p.detach().clone() for n, p in learner.model.named_parameters() if not p.requires_grad}
+    assert filters and all(".0.weight" in n or ".0.bias" in n for n in filters)    # every conv, nothing else
+    movable = {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
+    tasks = [type(t)(t.x_support.double(), t.y_support, t.x_query.double(), t.y_query)
+             for t in random_image_tasks(2, 2, seed=2, size=16)]
+    learner.meta_step(tasks, torch.optim.Adam(groups))
+    for n, p in learner.model.named_parameters():
+        if n in filters:
+            assert torch.equal(p, filters[n]), n
+    moved = [n for n, p in learner.named_parameters() if p.requires_grad and not torch.equal(p, movable[n])]
+    assert any(n.startswith("ss_scale") for n in moved) and any("head" in n for n in moved)
+    assert any(".1.weight" in n for n in moved)                          # batch-norm affine is meta-learned
+
+
+def test_mtl_needs_the_pretrain_stage():
+    from metarepro.config import PRETRAINED_METHODS
+    assert "mtl" in PRETRAINED_METHODS and build("mtl", models.build("conv4", (1, 16, 16), 5), "classification").needs_pretrained
+    with pytest.raises(ValueError, match="shift"):
+        build("mtl", models.build("conv4", (1, 16, 16), 5), "classification", shift="none")
