@@ -137,7 +137,12 @@ VARIANT_SWITCHES = {
        for tag, on in (("bn", "per_step_bn"), ("lslr", "lslr"), ("ca", "cosine_annealing"), ("msl", "multi_step_loss"),
                                 ("da", "derivative_order_annealing"))},
     "matchingnet@fce": {"fce": True},
+    "sharp_maml@up": {"sam_outer": True, "sam_inner": False},
+    "sharp_maml@low": {"sam_outer": False, "sam_inner": True},
+    "sharp_maml@both": {"sam_outer": True, "sam_inner": True},
 }
+# methods whose full version is itself a labelled variant (the paper names every row by its switches)
+FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}
 
 
 def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
@@ -154,8 +159,9 @@ def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
             assert method in VARIANT_SWITCHES, f"{name}.{method}: a paper.yaml variant without a report label"
             switches = VARIANT_SWITCHES[method]
             assert {k: args[k] for k in switches} == switches, (name, method)
-            full = [e["methods"][base_method(method)] for e in CFG["experiments"].values()
-                    if e["dataset"] == exp["dataset"] and base_method(method) in e["methods"]
+            base = FULL_VARIANT.get(base_method(method), base_method(method))
+            full = [e["methods"][base] for e in CFG["experiments"].values()
+                    if e["dataset"] == exp["dataset"] and base in e["methods"]
                     and e["backbone_args"] == exp["backbone_args"]]
             assert full, f"{name}.{method}: no full {base_method(method)} run to compare with"
             if base_method(method) != "matchingnet":

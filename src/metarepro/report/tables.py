@@ -46,6 +46,9 @@ VARIANT_LABELS: dict[str, str] = {
     "mamlpp@msl": "MAML + MSL",
     "mamlpp@da": "MAML + DA",                               # derivative-order annealing only
     "matchingnet@fce": "Matching Networks FCE",
+    "sharp_maml@up": "Sharp-MAML (up)",                    # SAM in the outer loop only
+    "sharp_maml@low": "Sharp-MAML (low)",                  # SAM in the inner loop only
+    "sharp_maml@both": "Sharp-MAML (both)",
 }
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
 MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
