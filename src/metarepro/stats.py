@@ -67,3 +67,17 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
         res = _st.ttest_rel(a, b)
         t, p = float(res.statistic), float(res.pvalue)
     return Paired(mean=mean, ci95=Z95 * se, n=n, t=t, p_t=p, p_wilcoxon=wilcoxon_p(d))
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear centred kernel alignment (Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of Neural Network
+    Representations Revisited", Eq. 5) of two representations of the same n examples, x (n, d1) and y (n, d2):
+    ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred x, y. 1 for identical representations (and any
+    isotropic scaling or orthogonal transform of one), 0 for unrelated ones."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"CKA needs the same n >= 2 examples in both representations, got {len(x)} and {len(y)}")
+    x, y = x - x.mean(0), y - y.mean(0)
+    denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(np.linalg.norm(y.T @ x) ** 2 / denom) if denom > 0 else float("nan")
