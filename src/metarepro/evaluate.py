@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import addons
 from . import data as datasets
 from . import numerics
 from .runtime import load_learner
@@ -54,6 +55,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     device = resolve_device(device)
     learner, run, state = load_learner(model_path, device)
     members = ensemble_members(learner, state)
+    colearner = trained_colearner(learner, run, state, device)
     ev = run.evaluation
     k = run.shots if shots is None else int(shots)
     dataset, dataset_args, data_dir, model_input, xdomain = run.dataset, run.dataset_args, run.data_dir, None, None
@@ -70,6 +72,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     t0 = time.perf_counter()
     by_step = np.full((n_curve, steps + 1), np.nan)
     final = np.zeros(ev["episodes"])
+    dagger = np.zeros(ev["episodes"]) if colearner is not None else None
     bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset}"
                + (f"->{target}" if target else "") + f" {run.ways}w{k}s",
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
@@ -86,6 +89,8 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
             if diag is not None:
                 diagnostics.append(diag)
         final[i] = scores[-1]
+        if dagger is not None:
+            dagger[i] = colearner_score(learner, colearner, eps.episode(i).to(device), steps)
     wall = time.perf_counter() - t0
     mean, ci = mean_ci(final)
     result: dict[str, Any] = {
@@ -116,6 +121,11 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
         "parameters": sum(p.numel() for p in learner.parameters()),
     }
+    if dagger is not None:
+        # CML†: the same adapted learner's query features classified by the co-learner instead of the head
+        m, c = mean_ci(dagger)
+        result["colearner"] = {"mean": m, "ci95": c, "std": float(dagger.std(ddof=1)) if len(dagger) > 1 else 0.0,
+                               "per_episode": dagger.tolist()}
     if members:
         result["ensemble"] = [{"iteration": m["iteration"], "val_mean": m["val_mean"]} for m in state["ensemble"]]
     result.update(summarize_diagnostics(diagnostics))
@@ -130,6 +140,28 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
              ci, ev["episodes"], k, dataset, steps)
     return out
+
+
+def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
+    """The run's trained CML co-learner (model.pt's `addons`) for CML† scoring, or None when the run has none."""
+    if "cml" not in (run.addons or {}) or not state.get("addons"):
+        return None
+    spec = datasets.get(run.dataset)
+    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir),
+                          1 if spec.task_type == "regression" else run.ways)
+    extras.terms.load_state_dict(state["addons"])
+    term = next(t for t in extras.terms if t.name == "cml")
+    return term.to(device).eval()
+
+
+def colearner_score(learner: Any, term: Any, task: Any, steps: int) -> float:
+    """CML†'s query metric: adapt as the base method does, then classify the adapted learner's tapped query
+    features with the co-learner (Shin et al. 2024: the co-learner predicting at test time)."""
+    from .methods.base import tap_outputs
+    adapted = learner.adapt(task, steps, create_graph=False)
+    with torch.no_grad(), tap_outputs(learner.model, [term.tap]) as found:
+        adapted(task.x_query)
+        return learner.metric(term.head(found[term.tap]), task.y_query)
 
 
 def ensemble_members(learner: Any, state: dict) -> list[Any]:

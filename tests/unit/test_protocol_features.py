@@ -183,3 +183,34 @@ def test_stack_tasks_runs_conv4_meta_batches_stacked_with_the_same_training(tmp_
             weights[flag] = [float(r["meta_loss"]) for r in csv.DictReader(f)]
     # the same meta-losses, iteration by iteration, up to float32 rounding (summation order)
     assert weights[True] == pytest.approx(weights[False], rel=1e-4)
+
+
+# ---- CML†: the co-learner predicting at test time -------------------------------------------------------------
+def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_path, tiny_omniglot):
+    from metarepro.evaluate import colearner_score, trained_colearner
+    from metarepro.methods.base import tap_outputs
+    from metarepro.report import tables
+    from metarepro.runtime import load_learner
+
+    run = _run(_config(tmp_path, {}, {"maml+cml": {"inner_lr": 0.1}}), "maml+cml", tiny_omniglot, tmp_path / "run")
+    metatrain(run, progress=False)
+    ev = json.loads(evaluate(tmp_path / "run", progress=False).read_text())
+    co = ev["colearner"]
+    assert len(co["per_episode"]) == 4
+    # by hand: the trained co-learner's head on the adapted learner's tapped query features, episode 0
+    learner, run_cfg, state = load_learner(tmp_path / "run" / "model.pt")
+    term = trained_colearner(learner, run_cfg, state, "cpu")
+    assert torch.equal(term.head[0].weight, state["addons"]["0.head.0.weight"])
+    eps = datasets.episodes("omniglot", run_cfg.dataset_args, run_cfg.data_dir, "test", 5, 1, 1,
+                            datasets.eval_seed(0, "omniglot", "test", 5, 1))
+    task = eps.episode(0)
+    adapted = learner.adapt(task, learner.eval_inner_steps, create_graph=False)
+    with torch.no_grad(), tap_outputs(learner.model, [term.tap]) as found:
+        adapted(task.x_query)
+        pred = term.head(found[term.tap]).argmax(1)
+    assert co["per_episode"][0] == pytest.approx(float((pred == task.y_query).float().mean()) * 100.0)
+    assert colearner_score(learner, term, task, learner.eval_inner_steps) == pytest.approx(co["per_episode"][0])
+    # the table: a "MAML + CML†" row beside "MAML + CML", paired on the same episodes
+    rows = tables.build_rows(tables.with_colearner_rows([ev]), [])[0]
+    assert [r["method_label"] for r in rows] == ["MAML + CML", "MAML + CML†"]
+    assert rows[1]["ours_mean"] == pytest.approx(co["mean"])

@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -51,7 +52,7 @@ VARIANT_LABELS: dict[str, str] = {
     "sharp_maml@both": "Sharp-MAML (both)",
 }
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
-MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
+MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
                                               "Matching Networks FCE": ("Matching Network FCE",)}
@@ -491,6 +492,22 @@ def numerics_note(evals: list[dict]) -> str:
             "methods; re-run with `strict_numerics: true` for bit-identical numbers on any AVX2 machine.\n")
 
 
+def with_colearner_rows(evals: list[dict]) -> list[dict]:
+    """Each evaluation plus, for a run with CML's co-learner, its CML† row: the `colearner` scores of eval.json
+    (the co-learner predicting on the same episodes) as an evaluation of method `<method>+cml_dagger`."""
+    out = []
+    for ev in evals:
+        out.append(ev)
+        co = ev.get("colearner")
+        if isinstance(co, dict) and isinstance(co.get("per_episode"), list):
+            method = re.sub(r"\+cml(?=\+|$)", "+cml_dagger", str(ev["run"]["method"]))
+            steps = str(ev.get("inner_steps", max(_steps(ev), default=0)))
+            out.append({**ev, "run": {**ev["run"], "method": method}, "mean": co["mean"], "ci95": co["ci95"],
+                        "std": co.get("std", 0.0), "per_episode": co["per_episode"],
+                        "by_step": {steps: {"mean": co["mean"], "ci95": co["ci95"]}}, "colearner": None})
+    return out
+
+
 def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLike, title: str,
                paper_path: str | os.PathLike | None, wall_time: bool = False) -> tuple[Path, Path]:
     """Write `out_md` and the CSV beside it (same stem); return both paths. `wall_time`: a column of each row's
@@ -498,7 +515,7 @@ def make_table(eval_paths: Sequence[str | os.PathLike], out_md: str | os.PathLik
     out_md = Path(out_md)
     if out_md.suffix != ".md":
         raise MetareproError(f"table output {out_md} must end in .md (the CSV is written beside it)")
-    evals = [load_eval(p) for p in eval_paths]
+    evals = with_colearner_rows([load_eval(p) for p in eval_paths])
     paper = load_paper_results(paper_path) if paper_path else []
     rows, cited = build_rows(evals, paper)
     out_csv = out_md.with_suffix(".csv")
