@@ -21,6 +21,7 @@ RAW = config["data"]["raw_dir"]
 LOGS = f"logs/{config['profile']}"
 RUN = f"{RESULTS}/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}"
 RUN_LOG = "{dataset}/{method}/{ways}way{shots}shot/seed{seed}.log"
+RUN_BENCH = RUN_LOG[: -len(".log")] + ".tsv"   # Snakemake `benchmark:` files (wall, CPU time, RSS per job)
 PRETRAIN = f"{RESULTS}/{{dataset}}/pretrain/{{backbone}}/seed{{seed}}"
 # Where raw archives come from: METAREPRO_MIRROR overrides data.mirror; "none" = the official URLs.
 MIRROR = os.environ.get("METAREPRO_MIRROR", config["data"]["mirror"]) or "none"

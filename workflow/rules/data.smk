@@ -12,6 +12,8 @@ rule download:
         f"{RAW}/{{dataset}}/MANIFEST.json",
     log:
         f"{LOGS}/download/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/download/{{dataset}}.tsv"
     wildcard_constraints:
         dataset=_alternatives(set(used_datasets(config)) - GENERATED),
     conda:
@@ -42,6 +44,8 @@ rule prepare:
         splits=[f"{DATA}/{{dataset}}/{split}.npz" for split in SPLITS],
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/prepare/{{dataset}}.tsv"
     wildcard_constraints:
         dataset=_alternatives(set(used_datasets(config)) - GENERATED),
     conda:

@@ -10,6 +10,8 @@ rule evaluate:
         f"{RUN}/eval.json",
     log:
         f"{LOGS}/evaluate/{RUN_LOG}",
+    benchmark:
+        f"{LOGS}/benchmark/evaluate/{RUN_BENCH}"
     conda:
         lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
@@ -34,6 +36,8 @@ rule evaluate_shots:
         f"{RUN}/eval_{{test_shots}}shot.json",
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_{{test_shots}}shot.log",
+    benchmark:
+        f"{LOGS}/benchmark/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_{{test_shots}}shot.tsv"
     conda:
         lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]
@@ -64,6 +68,8 @@ rule evaluate_xdomain:
         f"{RUN}/eval_xdomain_{{target}}.json",
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_xdomain_{{target}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_xdomain_{{target}}.tsv"
     conda:
         lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]

@@ -14,6 +14,8 @@ rule metatrain:
         config=f"{RUN}/config.yaml",
     log:
         f"{LOGS}/metatrain/{RUN_LOG}",
+    benchmark:
+        f"{LOGS}/benchmark/metatrain/{RUN_BENCH}"
     conda:
         lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
     threads: config["threads"]

@@ -13,6 +13,8 @@ rule pretrain:
         config=f"{PRETRAIN}/config.yaml",
     log:
         f"{LOGS}/pretrain/{{dataset}}/{{backbone}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/pretrain/{{dataset}}/{{backbone}}/seed{{seed}}.tsv"
     wildcard_constraints:
         backbone=_alternatives({p.label for p in pretrains()}),
     conda:
