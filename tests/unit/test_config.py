@@ -22,6 +22,7 @@ CONFIGS = {
     # --configfile semantics of the Snakefile: top-level keys replace config/config.yaml's
     "paper": ["config/config.yaml", "config/paper.yaml"],
     "cpu_methods": ["config/config.yaml", "config/cpu_methods.yaml"],
+    "cpu_fidelity": ["config/config.yaml", "config/cpu_fidelity.yaml"],
     "tiny": ["config/config.yaml", "tests/workflow/config.yaml"],
 }
 
@@ -48,7 +49,7 @@ def test_shipped_configs_validate(name: str) -> None:
         assert set(report["experiments"]) <= set(cfg["experiments"])
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu_methods"])
+@pytest.mark.parametrize("name", ["paper", "cpu_methods", "cpu_fidelity"])
 def test_profiles_and_default_write_to_different_places(name: str) -> None:
     default, other = load_config(REPO / "config/config.yaml"), load_config(*(REPO / r for r in CONFIGS[name]))
     assert default["results_dir"] != other["results_dir"]
