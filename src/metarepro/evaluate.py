@@ -78,19 +78,20 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
+        task = eps.episode(i).to(device)
         if members:
             diag = None
-            scores = ensemble_scores(members, eps.episode(i).to(device), steps, every_step=i < n_curve)
+            scores = ensemble_scores(members, task, steps, every_step=i < n_curve)
         else:
             with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
-                scores = learner.evaluate_task(eps.episode(i).to(device), steps, every_step=i < n_curve)
+                scores = learner.evaluate_task(task, steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
             if diag is not None:
                 diagnostics.append(diag)
         final[i] = scores[-1]
         if dagger is not None:
-            dagger[i] = colearner_score(learner, colearner, eps.episode(i).to(device), steps)
+            dagger[i] = colearner_score(learner, colearner, task, steps)
     wall = time.perf_counter() - t0
     mean, ci = mean_ci(final)
     result: dict[str, Any] = {

@@ -122,8 +122,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                  tr["iterations"])
     # one Adam, one param group per outer-loss term at its own lr (Adam is per-parameter: the same as an Adam each)
     # the method's own groups (MTL: scaling/shifting at its own lr) + one per outer-loss term at its own lr
-    own = learner.param_groups(tr["meta_lr"]) if hasattr(learner, "param_groups") else [{"params": trainable}]
-    groups = own + [{"params": list(t.parameters()), "lr": t.lr} for t in extras.terms]
+    groups = learner.param_groups(tr["meta_lr"]) + [{"params": list(t.parameters()), "lr": t.lr} for t in extras.terms]
     optimizer = torch.optim.Adam(groups, lr=tr["meta_lr"]) if total else None
     scheduler = make_scheduler(learner, optimizer, total, tr, run.method) if optimizer is not None else None
     # meta-training episodes may have more ways than the test (train.ways, e.g. ProtoNet's 60-way Omniglot episodes)

@@ -377,6 +377,11 @@ class MetaLearner(nn.Module):
     def set_iteration(self, iteration: int) -> None:
         """Called with the 0-based meta-iteration before each meta_step (schedules, e.g. MAML++)."""
 
+    def param_groups(self, meta_lr: float) -> list[dict]:
+        """The meta-optimizer's parameter groups (default: every trainable parameter at the meta lr; MTL gives its
+        scaling/shifting a group of its own)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def make_scheduler(self, optimizer: torch.optim.Optimizer, total_iterations: int):
         """Meta-lr scheduler stepped once per meta-iteration, or None for a constant meta lr (default)."""
         return None

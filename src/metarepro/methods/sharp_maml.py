@@ -46,23 +46,23 @@ class SharpMAML(MAML):
         shifted = {k: v + e[k] if k in e else v for k, v in params.items()}
         return super().support_grads(shifted, task, step, create_graph)
 
-    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
-                  aggregator: Any = None, terms: Sequence[Any] = ()) -> StepStats:
-        if not self.sam_outer:
-            return super().meta_step(tasks, optimizer, grad_clip, aggregator, terms)
-        optimizer.zero_grad(set_to_none=True)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        stats = self.meta_gradient(tasks, params, aggregator, terms)      # at theta: what is logged
-        if finite_grads(params):
-            moved = {i: p for i, p in enumerate(params) if p.grad is not None}
-            e = sam_perturbation({i: p.grad for i, p in moved.items()}, self.radius)
-            saved = {i: p.detach().clone() for i, p in moved.items()}
-            with torch.no_grad():
-                for i, p in moved.items():
-                    p.add_(e[i])
-            optimizer.zero_grad(set_to_none=True)
-            self.meta_gradient(tasks, params, aggregator, terms)          # at theta + e: what updates theta
-            with torch.no_grad():
-                for i, p in moved.items():
-                    p.copy_(saved[i])
-        return self.apply_meta_gradient(stats, params, optimizer, grad_clip)
+    def meta_gradient(self, tasks: list[Task], params: list[Tensor], aggregator: Any = None,
+                      terms: Sequence[Any] = ()) -> StepStats:
+        """With `sam_outer`: the meta-gradient at theta + e (e from the meta-gradient at theta) left in `.grad`,
+        theta restored; the stats (what is logged) are those at theta."""
+        stats = super().meta_gradient(tasks, params, aggregator, terms)
+        if not self.sam_outer or not finite_grads(params):
+            return stats
+        moved = {i: p for i, p in enumerate(params) if p.grad is not None}
+        e = sam_perturbation({i: p.grad for i, p in moved.items()}, self.radius)
+        saved = {i: p.detach().clone() for i, p in moved.items()}
+        with torch.no_grad():
+            for i, p in moved.items():
+                p.add_(e[i])
+        for p in params:
+            p.grad = None
+        super().meta_gradient(tasks, params, aggregator, terms)
+        with torch.no_grad():
+            for i, p in moved.items():
+                p.copy_(saved[i])
+        return stats

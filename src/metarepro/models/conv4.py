@@ -44,8 +44,8 @@ class Conv4(nn.Module):
             raise ValueError(f"Conv4 needs inputs of at least 16x16, got {h}x{w}")
         self.head = TaskLinear(self.feature_dim, out_dim)
         # accepts stacked per-task parameters (models/task_layers.py), unless batch norm keeps running statistics;
-        # used only when asked (train.stack_tasks): on a 2-core CPU it gained 1.17x at meta-batch 32 with 1 query
-        # per class and nothing at meta-batch 8 with 15 (benchmarks/README.md), and it changes float rounding
+        # used only when asked (train.stack_tasks): it pays only for tiny tasks and changes float rounding
+        # (benchmarks/README.md)
         self.task_batched = not bn_running_stats
         self.stack_tasks = False
 
