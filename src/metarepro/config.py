@@ -195,6 +195,15 @@ def _explain(error, root: dict) -> str:
     return f"'{where}': {error.message}"
 
 
+def _unshared(x: Any) -> Any:
+    """A deep copy of plain YAML data with every dict and list its own object (copy.deepcopy keeps aliases)."""
+    if isinstance(x, dict):
+        return {k: _unshared(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_unshared(v) for v in x]
+    return copy.deepcopy(x)
+
+
 def validate_config(cfg: dict, source: str = "config") -> dict:
     """Validate `cfg` against the schema, fill defaults, check cross-references; return a new dict.
 
@@ -202,7 +211,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     """
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: the config must be a mapping, got {type(cfg).__name__}")
-    cfg = copy.deepcopy(cfg)
+    # a copy in which no two places share an object: YAML aliases (`fomaml: *maml_settings`) load as one shared
+    # dict, and filling one method's defaults or add-on blocks must not write into its aliases
+    cfg = _unshared(cfg)
     root = load_schema()
     _SCHEMA_DEFS.update(root["$defs"])
     validator = _DefaultFillingValidator(root)

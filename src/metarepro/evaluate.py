@@ -57,6 +57,9 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     members = ensemble_members(learner, state)
     colearner = trained_colearner(learner, run, state, device)
     ev = run.evaluation
+    if ev.get("analysis_episodes") and not getattr(learner, "gradient_based", False):
+        raise MetareproError(f"evaluation.analysis_episodes: method {run.method!r} has no inner loop whose "
+                             "adaptation could be analysed (gradient-based methods only)")
     k = run.shots if shots is None else int(shots)
     dataset, dataset_args, data_dir, model_input, xdomain = run.dataset, run.dataset_args, run.data_dir, None, None
     if target is not None:
@@ -130,6 +133,9 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     if members:
         result["ensemble"] = [{"iteration": m["iteration"], "val_mean": m["val_mean"]} for m in state["ensemble"]]
     result.update(summarize_diagnostics(diagnostics))
+    n_analysis = min(int(ev.get("analysis_episodes") or 0), ev["episodes"])
+    if n_analysis:
+        result["analysis"] = representation_analysis(learner, eps, n_analysis, steps, device)
     if run.dataset == "sinusoid":
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
     if xdomain is not None:
@@ -141,6 +147,38 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
              ci, ev["episodes"], k, dataset, steps)
     return out
+
+
+def representation_analysis(learner: Any, eps: Any, n: int, steps: int, device: str) -> dict[str, Any]:
+    """The representation analyses of CML's paper on the first `n` test episodes, from the backbone's `features`
+    output (the pooled vector the head reads) on each query set:
+    - cka: linear CKA (metarepro.stats.linear_cka) between the features before adaptation and after the `steps`
+      inner steps, per episode, with mean and 95% CI: 1 = adaptation left the representation as it was;
+    - tsne: episode 0's adapted query features mapped to 2-D by scikit-learn's t-SNE (PCA init, fixed seed), with
+      their labels."""
+    from sklearn.manifold import TSNE
+
+    from .methods.base import tap_outputs
+    from .stats import linear_cka
+    cka, first = [], None
+    for i in range(n):
+        task = eps.episode(i).to(device)
+        feats = {}
+        for j, adapted in enumerate(learner.adapt_trajectory(task, steps, create_graph=False)):
+            if j in (0, steps):
+                with torch.no_grad(), tap_outputs(learner.model, ["features"]) as found:
+                    adapted(task.x_query)
+                feats[j] = found["features"].flatten(1).double().cpu().numpy()
+        cka.append(linear_cka(feats[0], feats[steps]))
+        if first is None:
+            first = (feats[steps], task.y_query.cpu().numpy())
+    x, y = first
+    labels = [int(v) for v in y] if learner.task_type == "classification" else [0] * len(x)   # regression: one colour
+    xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=0).fit_transform(x)
+    m, c = mean_ci(np.asarray(cka))
+    return {"episodes": n, "features": "features",
+            "cka": {"mean": m, "ci95": c, "per_episode": [float(v) for v in cka]},
+            "tsne": {"episode": 0, "xy": np.round(xy, 4).tolist(), "labels": labels}}
 
 
 def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:

@@ -130,6 +130,10 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                                                     tr.get("ways", run.ways), run.shots, tr["queries"], run.seed))
     keep = int(tr.get("ensemble", 1))          # checkpoints kept for a test-time ensemble (the best `keep`)
     log_fields = LOG_FIELDS + [f"{t.name}_loss" for t in extras.terms]
+    diag_every = int(tr.get("diagnostics_every") or 0)     # gradient diagnostics every N iterations (0: never)
+    diag_fields = (["grad_norm_features"] + [f"{t.name}_{k}" for t in extras.terms
+                                            for k in ("grad_norm_features", "cos_features")]) if diag_every else []
+    log_fields += diag_fields
     val_eps = _val_episodes(run)
     better = lambda a, b: improves(a, b, higher_is_better(learner))  # noqa: E731
 
@@ -159,6 +163,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                mininterval=0.5 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
     for it in bar:
         learner.set_iteration(it)
+        learner.grad_diagnostics = bool(diag_every) and (it + 1) % diag_every == 0
         tasks = [t.to(device) for t in sampler.sample(it, tr["meta_batch"])]
         stats = learner.meta_step(tasks, optimizer, tr.get("grad_clip"), aggregator=extras.aggregator,
                                   terms=list(extras.terms))
@@ -172,7 +177,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
         row = {"iteration": it + 1, "meta_loss": stats["loss"], "meta_metric": stats["metric"], "val_mean": "",
                "val_ci95": "", "val_inner_loss": "", "val_inner_loss_var": "", "lr": optimizer.param_groups[0]["lr"],
                "skipped": skipped, "elapsed_s": 0.0, **{f"{t.name}_loss": stats.get(f"{t.name}_loss", "")
-                                                         for t in extras.terms}}
+                                                         for t in extras.terms},
+               **{k: stats.get(k, "") for k in diag_fields}}
         if scheduler is not None:
             scheduler.step()
         if (it + 1) % tr["val_every"] == 0 or it + 1 == total:

@@ -359,3 +359,71 @@ def test_kill_and_resume_with_a_sampler_and_a_term_ends_identically(tmp_path, mo
     torch.manual_seed(0)
     plain = methods.build("maml", models.build("conv4", (1, 16, 16), 3, filters=4), "classification", inner_lr=0.4)
     assert learner.state_dict().keys() == plain.state_dict().keys()
+
+
+# ---- CML's analyses: gradient diagnostics and the noise-matched control -----------------------------------------
+
+def _hand_cml_grads(weight=0.7):
+    """The 1-2-1 MLP + co-learner of the test above: (learner, term, task, g_query, g_term) with the query loss's
+    and the co-learner term's gradients on the learner's parameters computed by hand (float64)."""
+    torch.manual_seed(0)
+    model = models.build("mlp", (1,), 1, hidden=[2]).double()
+    learner = methods.build("maml", model, "regression", inner_lr=0.05)
+    term = CoLearner(learner, (1,), 1, weight=weight).double()
+    x = torch.tensor([[0.5], [-1.2], [2.0]], dtype=torch.float64); y = torch.tensor([[1.0], [0.3], [-0.7]], dtype=torch.float64)
+    u = torch.tensor([[1.5], [-0.4]], dtype=torch.float64); v = torch.tensor([[0.2], [1.1]], dtype=torch.float64)
+    task = Task(x, y, u, v)
+    theta = [model.features[0].weight, model.features[0].bias, model.head.weight, model.head.bias]
+    phi = [term.head[0].weight, term.head[0].bias, term.head[2].weight, term.head[2].bias]
+
+    def hidden(p, a):
+        return torch.relu(a @ p[0].t() + p[1])
+    ls = ((hidden(theta, x) @ theta[2].t() + theta[3] - y) ** 2).mean()
+    g = torch.autograd.grad(ls, theta, create_graph=True)
+    adapted = [p - 0.05 * gi for p, gi in zip(theta, g)]
+    lq = ((hidden(adapted, u) @ adapted[2].t() + adapted[3] - v) ** 2).mean()
+    lco = ((torch.relu(hidden(adapted, u) @ phi[0].t() + phi[1]) @ phi[2].t() + phi[3] - v) ** 2).mean()
+    g_query = torch.autograd.grad(lq, theta, retain_graph=True)
+    g_term = torch.autograd.grad(weight * lco, theta + phi)
+    return learner, term, task, theta, phi, list(g_query), list(g_term[:4]), list(g_term[4:])
+
+
+def test_gradient_diagnostics_match_a_hand_computation():
+    """train.diagnostics_every: the feature extractor (theta outside the head: W1, b1) gets the norm of its whole
+    meta-gradient, and the co-learner's share of it is reported by its norm and its cosine with the query loss's share;
+    the meta-gradient itself is the usual one."""
+    learner, term, task, theta, phi, gq, gt, gphi = _hand_cml_grads()
+    learner.grad_diagnostics = True
+    stats = learner.meta_step([task], frozen_opt([{"params": list(learner.parameters())},
+                                                  {"params": list(term.parameters())}]), terms=[term])
+    for p, a, b in zip(theta, gq, gt):
+        torch.testing.assert_close(p.grad, a + b, atol=1e-12, rtol=0)
+    q, t = torch.cat([g.reshape(-1) for g in gq[:2]]), torch.cat([g.reshape(-1) for g in gt[:2]])
+    assert math.isclose(stats["grad_norm_features"], float((q + t).norm()), abs_tol=1e-9)
+    assert math.isclose(stats["cml_grad_norm_features"], float(t.norm()), abs_tol=1e-9)
+    assert math.isclose(stats["cml_cos_features"], float(F.cosine_similarity(q, t, dim=0)), abs_tol=1e-7)
+
+
+def test_noise_control_replaces_the_colearner_gradient_by_noise_of_its_norm():
+    """cml control=noise: the learner gets the query loss's gradient plus Gaussian noise (torch's global RNG) of the
+    norm the co-learner term's gradient had on the learner's parameters; the co-learner itself learns as in CML."""
+    learner, term, task, theta, phi, gq, gt, gphi = _hand_cml_grads()
+    term.noise_control = True
+    torch.manual_seed(123)
+    learner.meta_step([task], frozen_opt([{"params": list(learner.parameters())},
+                                          {"params": list(term.parameters())}]), terms=[term])
+    torch.manual_seed(123)
+    z = [torch.randn_like(p) for p in theta]
+    scale = torch.cat([g.reshape(-1) for g in gt]).norm() / torch.cat([g.reshape(-1) for g in z]).norm()
+    for p, a, zi in zip(theta, gq, z):
+        torch.testing.assert_close(p.grad, a + zi * scale, atol=1e-12, rtol=0)
+    for p, b in zip(phi, gphi):
+        torch.testing.assert_close(p.grad, b, atol=1e-12, rtol=0)
+
+
+def test_noise_control_is_refused_beside_a_per_task_aggregator():
+    from types import SimpleNamespace
+    run = SimpleNamespace(method="maml+cml+oamfs", addons={"cml": {"control": "noise"}})
+    learner = mlp_learner()
+    with pytest.raises(ValueError, match="noise control.*oamfs"):
+        addons.build(run, learner, (1,), 1)

@@ -104,3 +104,40 @@ def test_evaluating_at_other_shots_writes_its_own_file_on_those_shots_episodes(t
     assert eps.fingerprint(30) == ev["episode_set"] and eps.episode(0).x_support.shape == (20, 1)
     with pytest.raises(Exception, match="shots"):
         evaluate(run_dir, progress=False, shots=0)
+
+
+def test_cml_analyses_are_recorded_and_rendered(tmp_path):
+    """train.diagnostics_every logs gradient diagnostics; evaluation.analysis_episodes records CKA before/after
+    adaptation per episode and a t-SNE map; the five CML analysis figures render from such runs (and a figure
+    whose runs record nothing it needs names the setting)."""
+    import pandas as pd
+    from metarepro.evaluate import evaluate
+    from metarepro.report.analysis import ANALYSIS_FIGURES
+    from metarepro.utils import MetareproError
+    from metarepro.train import metatrain
+    cfg = load_config(REPO / "config" / "config.yaml")
+    dirs = []
+    for method, addons in (("maml", None), ("maml+cml", {"cml": {}}), ("maml@noise+cml", {"cml": {"control": "noise"}})):
+        d = resolve_run(cfg, "sinusoid", "maml", 10, 0).to_dict()
+        d["method"], d["addons"] = method, addons
+        d["train"].update(iterations=10, val_every=5, checkpoint_every=5, val_episodes=5, diagnostics_every=2)
+        d["evaluation"] = {"episodes": 8, "queries": 10, "seed": 0, "analysis_episodes": 4}
+        d["run_dir"] = str(tmp_path / method)
+        metatrain(RunConfig.from_dict(d), progress=False)
+        ev = json.loads(evaluate(tmp_path / method, progress=False).read_text())
+        a = ev["analysis"]
+        assert a["episodes"] == 4 and len(a["cka"]["per_episode"]) == 4
+        assert all(0.0 < v <= 1.0 + 1e-9 for v in a["cka"]["per_episode"])
+        assert np.asarray(a["tsne"]["xy"]).shape == (10, 2)
+        log = pd.read_csv(tmp_path / method / "train_log.csv")
+        assert log["grad_norm_features"].notna().tolist() == [i % 2 == 0 for i in range(1, 11)]
+        if "cml" in method:
+            cos = log["cml_cos_features"].dropna()
+            assert len(cos) == 5 and ((cos >= -1) & (cos <= 1)).all()
+        dirs.append(tmp_path / method)
+    for kind, fig in ANALYSIS_FIGURES.items():
+        assert fig(dirs, tmp_path / f"{kind}.png").stat().st_size > 0
+    with pytest.raises(MetareproError, match="noise-matched control"):
+        ANALYSIS_FIGURES["cml_noise"](dirs[:2], tmp_path / "x.png")
+    with pytest.raises(MetareproError, match="train.diagnostics_every"):
+        ANALYSIS_FIGURES["cml_cosine"](dirs[:1], tmp_path / "y.png")

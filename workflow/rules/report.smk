@@ -181,6 +181,31 @@ rule loss_variance:
         " > {log:q} 2>&1"
 
 
+rule cml_analysis:
+    """CML's five analysis figures (noise control, gradient cosine, gradient norms, CKA, t-SNE) from a report's
+    run directories."""
+    input:
+        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml", "eval.json"),
+    output:
+        report(f"{FIGURES}/{{name}}_{{kind}}.png", caption="../report/cml_analysis.rst", category="Figures",
+               labels={"report": "{name}", "figure": "{kind}"}),
+    wildcard_constraints:
+        kind="cml_noise|cml_cosine|grad_norms|cka|tsne",
+    log:
+        f"{LOGS}/report/{{name}}_{{kind}}.log",
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+    shell:
+        "PYTHONPATH=src python -m metarepro report figure --kind {wildcards.kind} --out {output:q}"
+        " {params.run_dirs:q} > {log:q} 2>&1"
+
+
 rule index:
     input:
         lambda w: [f for name in config["reports"] for f in report_outputs(name)],

@@ -62,6 +62,9 @@ def build(run: RunConfig, learner: MetaLearner, in_shape: tuple[int, ...], out_d
             out.aggregator = AGGREGATORS[name](**hp)
         else:
             out.terms.append(TERMS[name](learner, in_shape, out_dim, **hp))
+    if out.aggregator.per_task_gradients and any(t.noise_control for t in out.terms):
+        raise ValueError(f"method {run.method!r}: the noise control of an outer-loss term needs the mean "
+                         f"aggregator, not {out.aggregator.name!r}")
     return out
 
 

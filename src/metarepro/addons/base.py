@@ -33,6 +33,9 @@ class OuterTerm(nn.Module):
     """
 
     name = "base"
+    # True: a control run. The term's own parameters learn as usual, but its gradient on the learner's parameters
+    # is replaced, per meta-step, by isotropic Gaussian noise of the same norm (MetaLearner.meta_gradient)
+    noise_control = False
     tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
 
     def __init__(self, weight: float = 1.0, lr: float = 1e-3) -> None:

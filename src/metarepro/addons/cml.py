@@ -19,9 +19,13 @@ class CoLearner(OuterTerm):
     name = "cml"
 
     def __init__(self, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int, weight: float = 1.0,
-                 lr: float = 1e-3) -> None:
+                 lr: float = 1e-3, control: str = "none") -> None:
         # weight: gamma = 1; lr: phi's own Adam at 1e-3 (official code)
         super().__init__(weight, lr)
+        if control not in ("none", "noise"):
+            raise ValueError(f"cml: control must be 'none' or 'noise', got {control!r}")
+        # "noise": the noise-matched control (see OuterTerm.noise_control)
+        self.noise_control = control == "noise"
         self.meta = [learner]               # a list, so the learner is not registered as a submodule of the term
         self.tap = getattr(learner.model, "feature_map", "features")
         shape = self._tap_shape(learner, in_shape)      # (C, h, w) or (d,)

@@ -33,6 +33,7 @@ METHODS: dict[str, type[MetaLearner]] = {
 for _name, _cls in METHODS.items():
     _cls.needs_pretrained = card(_name).needs_pretrained
     _cls.meta_trainable = card(_name).meta_trainable
+    _cls.gradient_based = card(_name).gradient_based
 
 
 VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")

@@ -154,6 +154,7 @@ class MetaLearner(nn.Module):
     # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, and much faster for tiny MLPs,
     # whose cost is per-op overhead (tests/unit/test_task_batching.py checks the equality for every method).
     task_batching = False
+    gradient_based = False      # from the method card (metarepro.methods sets it per class)
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_steps: int = 1,
                  eval_inner_steps: int | None = None, first_order: bool = False) -> None:
@@ -161,6 +162,8 @@ class MetaLearner(nn.Module):
         if task_type not in ("classification", "regression"):
             raise ValueError(f"task_type must be classification or regression, got {task_type!r}")
         self.model = model
+        # set by the training loop on the meta-iterations that log gradient diagnostics (train.diagnostics_every)
+        self.grad_diagnostics = False
         self.task_type = task_type
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps if eval_inner_steps is not None else inner_steps)
@@ -317,6 +320,10 @@ class MetaLearner(nn.Module):
         stack = self.can_stack(tasks) and not per_task and not (taps and not getattr(self.model, "stacked_taps", True))
         batches = [Task.stack(tasks)] if stack else tasks
         stats, grads, used = StepStats(), [], set()
+        # the terms' shares of the learner's gradient, kept apart for the noise control and the diagnostics
+        own = [p for p in params if any(p is q for q in self.parameters())]
+        split = {t.name: [torch.zeros_like(p) for p in own] for t in terms
+                 if not per_task and (t.noise_control or self.grad_diagnostics)}
         for batch in batches:
             with tap_outputs(self.model, taps) as features:
                 o = self.outcome(batch)
@@ -324,8 +331,17 @@ class MetaLearner(nn.Module):
             objective = o.loss
             for term in terms:
                 extra = term(o)                     # summed over a stack's tasks, like o.loss
-                objective = objective + term.weight * extra
                 stats.add(f"{term.name}_loss", float(extra.detach()) / len(tasks))
+                if term.name in split:
+                    share = term.weight * extra / len(tasks)
+                    g = torch.autograd.grad(share, own, retain_graph=True, allow_unused=True)
+                    for acc, gi in zip(split[term.name], g):
+                        if gi is not None:
+                            acc += gi
+                    if term.noise_control:          # the term's own parameters still learn from it
+                        share.backward(inputs=list(term.parameters()), retain_graph=True)
+                        continue
+                objective = objective + term.weight * extra
             if per_task:
                 g = torch.autograd.grad(objective, params, allow_unused=True)
                 used.update(i for i, gi in enumerate(g) if gi is not None)
@@ -337,13 +353,48 @@ class MetaLearner(nn.Module):
             stats.add("loss", float(o.loss.detach()) / len(tasks))
             stats.add("metric", metric if batch.n_tasks else metric / len(tasks))
             stats.tasks.extend(o.results(self))
+        for term in terms:
+            if term.name in split and term.noise_control:
+                # the control: the learner gets Gaussian noise of the norm the term's gradient had, not the term's
+                # gradient (drawn from torch's global RNG, which checkpoints save, so a resumed run is the same)
+                norm = torch.sqrt(sum((g * g).sum() for g in split[term.name]))
+                noise = [torch.randn_like(p) for p in own]
+                scale = norm / torch.sqrt(sum((z * z).sum() for z in noise)).clamp_min(1e-30)
+                for p, z in zip(own, noise):
+                    p.grad = z * scale if p.grad is None else p.grad + z * scale
         if per_task:
             combined = aggregator.combine(torch.stack(grads))      # (T, P) -> (P,)
             offset = 0
             for i, p in enumerate(params):   # a parameter no task's objective reached keeps grad None, as in backward
                 p.grad = combined[offset:offset + p.numel()].view_as(p).clone() if i in used else None
                 offset += p.numel()
+        if self.grad_diagnostics:
+            self._log_gradient_diagnostics(stats, own, split, terms)
         return stats
+
+    def feature_parameters(self) -> list[Tensor]:
+        """The feature extractor psi: the backbone's parameters outside its `head` (every backbone has one)."""
+        return [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
+
+    def _log_gradient_diagnostics(self, stats: "StepStats", own: list[Tensor], split: dict[str, list[Tensor]],
+                                  terms: Sequence[Any]) -> None:
+        """grad_norm_features: the norm of the meta-gradient on psi (all objectives); per term, the norm of its share
+        on psi and the cosine similarity of that share with the rest (the query loss's share)."""
+        feats = {id(p) for p in self.feature_parameters()}
+        idx = [i for i, p in enumerate(own) if id(p) in feats]
+        total = [own[i].grad if own[i].grad is not None else torch.zeros_like(own[i]) for i in idx]
+        stats["grad_norm_features"] = float(torch.sqrt(sum((g * g).sum() for g in total)))
+        for term in terms:
+            if term.name not in split:
+                continue
+            share = [split[term.name][i] for i in idx]
+            # the query loss's share: the total less this term's (under the noise control the total holds noise
+            # instead, so the rest is the learner's own gradient plus that noise)
+            rest = [t - s for t, s in zip(total, share)] if not term.noise_control else total
+            a = torch.cat([g.reshape(-1) for g in share])
+            b = torch.cat([g.reshape(-1) for g in rest])
+            stats[f"{term.name}_grad_norm_features"] = float(a.norm())
+            stats[f"{term.name}_cos_features"] = float(F.cosine_similarity(a, b, dim=0, eps=1e-30))
 
     def apply_meta_gradient(self, stats: "StepStats", params: list[Tensor], optimizer: torch.optim.Optimizer,
                             grad_clip: float | None) -> "StepStats":

@@ -13,7 +13,9 @@ from typing import Sequence
 
 from ..utils import MetareproError, write_text_atomic
 
-FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance")
+FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance",
+                # CML's analyses (report/analysis.py): from run directories
+                "cml_noise", "cml_cosine", "grad_norms", "cka", "tsne")
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
 FIGURE_CAPTIONS = {
     "curves": "meta-training loss and validation score vs iteration",
@@ -59,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output .png")
     f.add_argument("--paper", help="curves: config/paper_results.csv, to draw each run's published number")
     f.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="run directories (curves, loss_variance) or eval.json files (inner_steps, sinusoid_fits, "
-                        "gates)")
+                   help="run directories (curves, loss_variance and the CML analyses) or eval.json files "
+                        "(inner_steps, sinusoid_fits, gates)")
 
     i = sub.add_parser("index", help="reports/README.md listing tables and figures")
     i.add_argument("--out", required=True, help="output README.md")
@@ -106,10 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             md, csv_path = make_xdomain_table(args.evals, out, args.title or f"{args.name}: cross-domain")
             print(f"wrote {md} and {csv_path}")
         elif args.command == "figure":
+            from .analysis import ANALYSIS_FIGURES
             from .figures import FIGURES
 
             extra = {"paper": args.paper} if args.kind == "curves" and args.paper else {}
-            print(f"wrote {FIGURES[args.kind](args.inputs, args.out, **extra)}")
+            render = {**FIGURES, **ANALYSIS_FIGURES}[args.kind]
+            print(f"wrote {render(args.inputs, args.out, **extra)}")
         else:
             print(f"wrote {write_index(args.files, args.out)}")
     except MetareproError as exc:

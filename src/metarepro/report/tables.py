@@ -51,6 +51,7 @@ VARIANT_LABELS: dict[str, str] = {
     "sharp_maml@low": "Sharp-MAML (low)",                  # SAM in the inner loop only
     "sharp_maml@both": "Sharp-MAML (both)",
 }
+NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
 MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
@@ -74,6 +75,10 @@ def method_label(method: str) -> str:
         method, _, k = method.partition(TRAIN_SHOTS_TAG)
         return f"{method_label(method)} ({k}-shot meta-training)"
     base, *mods = method.split("+")
+    if base.endswith(f"@{NOISE_TAG}") and "cml" in mods:
+        # CML's noise-matched control: the co-learner trains, the learner gets noise of its gradient's norm instead
+        rest = [m for m in mods if m != "cml"]
+        return method_label("+".join([base[:-len(NOISE_TAG) - 1]] + rest)) + " + noise of CML's norm (control)"
     if base in VARIANT_LABELS:
         label = VARIANT_LABELS[base]
     else:
@@ -235,7 +240,7 @@ CSV_COLUMNS = [
     "ours_mean", "ours_ci95", "ci_over", "ours_step1_mean", "ours_step1_ci95", "compared_at",
     "paper_value", "paper_ci95", "paper_method", "paper_backbone", "paper", "paper_source", "ref",
     "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_n", "vs_maml_t", "vs_maml_p_t",
-    "vs_maml_p_wilcoxon", "train_wall_s", "test_wall_s"]
+    "vs_maml_p_wilcoxon", "paired_with", "train_wall_s", "test_wall_s"]
 
 
 def _fmt(x: float | None, nd: int, sign: bool = False) -> str:
@@ -289,12 +294,23 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
     """One dict per table line (CSV_COLUMNS keys) and the paper rows cited, in citation order."""
     groups = aggregate(evals)
     refs: dict[tuple, Group] = {(g.dataset, g.ways, g.shots): g for g in groups if g.method == REFERENCE_METHOD}
+    by_name = {(g.dataset, g.ways, g.shots, g.method): g for g in groups}
+
+    def reference(g: Group) -> Group | None:
+        """MAML, except for a run with add-ons (`boil+cml`, `maml@noise+cml`): it is paired with its base run, the
+        same name without the add-ons (else without the tag too), when the table has that run in its setting."""
+        if "+" in g.method:
+            stem = g.method.split("+")[0]
+            for name in (stem, stem.split("@")[0]):
+                if (g.dataset, g.ways, g.shots, name) in by_name:
+                    return by_name[(g.dataset, g.ways, g.shots, name)]
+        return refs.get((g.dataset, g.ways, g.shots))
     cited: list[PaperRow] = []
     rows = []
     for g in groups:
         its, mb, prof, budget = _budget(g.evals)
         sinus = g.dataset == "sinusoid"
-        ref = refs.get((g.dataset, g.ways, g.shots))
+        ref = reference(g)
         pair = paired_vs_reference(g, ref) if ref is not None and ref is not g else None
         # sinusoid paper numbers are one-inner-step MSEs (Meta-SGD Table 1): compare with by_step[1]
         cmp_mean, cmp_ci = (g.step1 if (sinus and g.step1) else (g.mean, g.ci95))
@@ -313,6 +329,7 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
             "vs_maml_diff": pair.mean if pair else None, "vs_maml_ci95": pair.ci95 if pair else None,
             "vs_maml_n": pair.n if pair else None, "vs_maml_t": pair.t if pair else None,
             "vs_maml_p_t": pair.p_t if pair else None, "vs_maml_p_wilcoxon": pair.p_wilcoxon if pair else None,
+            "paired_with": ref.method if pair else "", "_paired_label": ref.label if pair else "",
             "_is_ref": ref is g,
             # wall times on the machine that ran them (mean over seeds): meta-training, and this evaluation
             "train_wall_s": _mean_of((e.get("checkpoint") or {}).get("train_wall_time_s") for e in g.evals),
@@ -365,6 +382,8 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
         vs, p = DASH, DASH
     else:
         vs = f"{row['vs_maml_diff']:+.{nd}f} ± {row['vs_maml_ci95']:.{nd}f}"
+        if row["paired_with"] != REFERENCE_METHOD:
+            vs += f" (vs {row['_paired_label']})"
         p = f"{_fmt_p(row['vs_maml_p_t'])} / {_fmt_p(row['vs_maml_p_wilcoxon'])}"
     source = f"{row['paper']} {row['ref']}" if row["paper"] else DASH
     cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]), row["setting"], method, row["backbone"],
@@ -386,7 +405,7 @@ def _header(metric: str, sinus: bool, wall_time: bool = False) -> list[str]:
     return (["Dataset", "Setting", "Method", "Backbone", "Budget"]
             + (["Wall time (min, train + test)"] if wall_time else []) + ours
             + ["Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
-               "vs MAML (paired Δ ± CI)", "p (t / Wilcoxon)"])
+               "vs MAML (paired Δ ± CI; add-on runs vs their base)", "p (t / Wilcoxon)"])
 
 
 def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_path: str,
