@@ -112,6 +112,15 @@ def load_schema() -> dict:
         ref = {"$ref": f"#/$defs/method_{name}"}
         methods["properties"][name] = ref
         methods["patternProperties"][f"^{name}(@[a-z0-9_]+)?(\\+[a-z0-9_]+)*$"] = ref
+    # a dataset's pretraining settings per backbone (`backbones: {resnet12: {optimizer: sgd, ...}}`): the same keys
+    # without defaults, so that an override names only what differs from the dataset's block
+    pre = schema["$defs"]["pretrain"]
+    override = {"type": "object", "additionalProperties": False,
+                "properties": {k: {kk: vv for kk, vv in v.items() if kk != "default"}
+                               for k, v in pre["properties"].items()}}
+    backbones = schema["$defs"]["experiment"]["properties"]["backbone"]["enum"]
+    pre["properties"]["backbones"] = {"type": "object", "additionalProperties": False,
+                                      "properties": {b: override for b in backbones}}
     return schema
 
 
@@ -407,6 +416,8 @@ def backbone_label(backbone: str, backbone_args: dict) -> str:
         parts.append(str(args.pop("filters")))
     if args.get("hidden") is not None:
         parts.append("x".join(str(h) for h in args.pop("hidden")))
+    if args.get("widths") is not None:
+        parts.append("w" + "x".join(str(w) for w in args.pop("widths")))
     if args.get("drop_rate") is not None:
         parts.append(f"drop{args.pop('drop_rate')}")
     parts += [f"{k}{v}" for k, v in sorted(args.items())]
@@ -497,8 +508,18 @@ def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> Pretrain
     return PretrainConfig(
         dataset=dataset, dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
         data_dir=f"{cfg['data']['dir']}/{dataset}", backbone=p.backbone, backbone_args=dict(p.backbone_args),
-        seed=seed, pretrain=dict(cfg["pretrain"].get(dataset) or _pretrain_defaults(dataset)),
+        seed=seed, pretrain=pretrain_settings(cfg, dataset, p.backbone),
         val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)
+
+
+def pretrain_settings(cfg: dict, dataset: str, backbone: str) -> dict:
+    """A dataset's pretraining settings for `backbone`: its `pretrain:` block (else the defaults) updated by the
+    block's `backbones: {<backbone>: {...}}` entry (e.g. MTL's SGD recipe for ResNet-12 beside the Adam recipe
+    that the Conv-4 baselines use)."""
+    settings = dict(cfg["pretrain"].get(dataset) or _pretrain_defaults(dataset))
+    by_backbone = settings.pop("backbones", None) or {}
+    settings.update(by_backbone.get(backbone) or {})
+    return settings
 
 
 def dataset_args(cfg: dict, dataset: str) -> dict:

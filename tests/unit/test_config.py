@@ -350,3 +350,21 @@ def test_non_editable_install_validates_configs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=tmp_path, capture_output=True,
                          text=True, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": os.environ.get("PATH", "")})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_pretraining_settings_may_differ_per_backbone_and_aliases_stay_apart() -> None:
+    """`pretrain.<dataset>.backbones.<backbone>` overrides only the keys it names, for that backbone's pretrain run
+    (MTL's SGD recipe for ResNet-12 beside the Adam recipe of the Conv-4 baselines); a YAML alias shared by two
+    method blocks gets each method's own defaults."""
+    paper = load_config(REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml")
+    conv = resolve_pretrain(paper, "miniimagenet", "conv4-32", 0).pretrain
+    res = resolve_pretrain(paper, "miniimagenet", "resnet12-w64x128x256x512", 0).pretrain
+    assert "backbones" not in conv and "backbones" not in res
+    assert (conv["optimizer"], conv["lr"], conv["momentum"], conv["batch_size"]) == ("sgd", 0.01, 0.0, 32)
+    assert (res["optimizer"], res["lr"], res["nesterov"], res["weight_decay"], res["lr_step_epochs"], res["lr_gamma"],
+            res["batch_size"], res["epochs"]) == ("sgd", 0.1, True, 0.0005, 30, 0.2, 128, 100)
+    assert res["val_episodes"] == conv["val_episodes"] == 100         # the dataset block's value where not overridden
+    default = load_config(REPO / "config" / "config.yaml")
+    fc = default["experiments"]["fc100_cml"]["methods"]
+    assert "addons" not in fc["fomaml"] and fc["fomaml+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
+    assert "radius" not in default["experiments"]["fc100"]["methods"]["maml"]

@@ -28,7 +28,7 @@ TINY_EVAL = {"episodes": 2, "queries": 1}
 
 
 def _tiny_backbone(backbone: str) -> dict:
-    return {"mlp": {"hidden": [8, 8]}, "conv4": {"filters": 2}}[backbone]
+    return {"mlp": {"hidden": [8, 8]}, "conv4": {"filters": 2}, "resnet12": {"widths": [2, 2, 2, 2]}}[backbone]
 
 
 @pytest.fixture(scope="module")

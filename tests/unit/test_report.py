@@ -373,3 +373,20 @@ def test_wall_time_column_and_budget_of_train_ways_and_ensembles(tmp_path, paper
     row = read_csv(csv_path)[0]
     assert float(row["train_wall_s"]) == 1500.0 and float(row["test_wall_s"]) == 1.0
     assert "Wall time" not in tables.make_table([ev_path], tmp_path / "u.md", "U", paper)[0].read_text()
+
+
+def test_addon_runs_are_paired_with_their_base_run(tmp_path, paper):
+    """`boil+cml` is paired with `boil` and the noise control `maml@noise+cml` with `maml` (same episodes); a run
+    without add-ons is paired with MAML as before."""
+    base = np.round(np.random.default_rng(2).uniform(40, 60, N), 2)
+    up = np.where(np.arange(N) % 2 == 0, 2.0, 0.0)
+    evs = [write_eval(tmp_path, "fc100", m, 5, 1, 0, s) for m, s in
+           (("maml", base), ("boil", base + 1.0), ("boil+cml", base + 1.0 + up), ("maml@noise+cml", base - up))]
+    md, csv_path = tables.make_table(evs, tmp_path / "t.md", "t", paper)
+    rows = {r["method"]: r for r in read_csv(csv_path)}
+    assert rows["boil"]["paired_with"] == "maml" and float(rows["boil"]["vs_maml_diff"]) == pytest.approx(1.0)
+    assert rows["boil+cml"]["paired_with"] == "boil" and float(rows["boil+cml"]["vs_maml_diff"]) == pytest.approx(1.0)
+    assert rows["maml@noise+cml"]["paired_with"] == "maml"
+    assert float(rows["maml@noise+cml"]["vs_maml_diff"]) == pytest.approx(-1.0)
+    text = md.read_text()
+    assert "(vs BOIL)" in text and "MAML + noise of CML's norm (control)" in text
