@@ -82,3 +82,29 @@ def test_mtl_needs_the_pretrain_stage():
     assert "mtl" in PRETRAINED_METHODS and build("mtl", models.build("conv4", (1, 16, 16), 5), "classification").needs_pretrained
     with pytest.raises(ValueError, match="shift"):
         build("mtl", models.build("conv4", (1, 16, 16), 5), "classification", shift="none")
+
+
+def test_ablation_modes_ft_meta_learns_every_weight_and_theta_nothing():
+    """mode ft: no scaling/shifting, every backbone weight (filters included) is meta-learned at ss_lr and the
+    forward pass is the plain backbone's; mode theta: no meta-parameter at all (the training loop then runs 0
+    iterations), and adaptation is the same head-only SGD as MTL's."""
+    x = torch.randn(4, 1, 16, 16, dtype=torch.float64)
+    ft = _mtl(mode="ft", inner_steps=3).train()
+    plain = _mtl(mode="theta")
+    assert len(ft.ss_scale) == 0 and len(ft.ss_shift) == 0
+    assert torch.equal(ft.model(x), plain.model(x))          # no hooks: the pretrained backbone as it is
+    groups = ft.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in ft.model.features.parameters()}
+    before = {n: p.detach().clone() for n, p in ft.model.named_parameters()}
+    tasks = [type(t)(t.x_support.double(), t.y_support, t.x_query.double(), t.y_query)
+             for t in random_image_tasks(2, 2, seed=2, size=16)]
+    ft.meta_step(tasks, torch.optim.Adam(groups))
+    assert not torch.equal(ft.model.features[0][0].weight, before["features.0.0.weight"])   # the filters move
+    assert not any(p.requires_grad for p in plain.parameters()) and len(plain.ss_scale) == 0
+    ss = _mtl(inner_steps=3)
+    t = tasks[0]
+    for a, b in zip(plain.adapt_trajectory(t, 3, False), ss.adapt_trajectory(t, 3, False)):
+        torch.testing.assert_close(a(t.x_query), b(t.x_query), atol=1e-12, rtol=0)   # SS at its init = identity
+    with pytest.raises(ValueError, match="mode"):
+        _mtl(mode="both")

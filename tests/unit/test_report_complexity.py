@@ -66,9 +66,11 @@ def test_complexity_numbers_ratio_to_maml_and_seed_means(tmp_path):
 
     md = md_path.read_text()
     assert md.startswith("# PAMELA complexity\n")
-    assert "| Parameters | vs MAML | Meta-train s / iteration | Adaptation ms / task |" in md
-    assert "| miniImageNet | 5-way 5-shot | MAML | conv4-64 | 32,000 | reference (pamela@maml) | 0.500 | 80.0 |" in md
-    assert "| 40,000 | +25.00% (+8,000) | 1.500 | 200.0 |" in md
+    assert "| Parameters | vs MAML | Test score | Meta-train s / iteration | Adaptation ms / task |" in md
+    # the test score beside the parameters: one seed's mean; two seeds' mean with the CI over seeds
+    assert "| miniImageNet | 5-way 5-shot | MAML | conv4-64 | 32,000 | reference (pamela@maml) | 60.00% ± 0.00 | 0.500 | 80.0 |" in md
+    assert "| 40,000 | +25.00% (+8,000) | 60.00% | 1.500 | 200.0 |" in md
+    assert float(rows[("5", "pamela")]["test_mean"]) == pytest.approx(60.0) and rows[("5", "pamela")]["metric"] == "accuracy"
     assert "| 32,001 | <+0.01% (+1) |" in md                                    # too small for two decimals
     assert "| 5-way 1-shot | PAMELA | conv4-64 | 40,000 | — |" in md
     assert "Machine-independent" in md and "Machine-dependent" in md and "here: cpu" in md
@@ -86,7 +88,7 @@ def test_plain_maml_is_the_reference_and_baselines_have_no_time_per_iteration(tm
     assert by["pamela@maml"]["parameters_vs_reference_pct"] == 0.0
     assert by["nearest_neighbor"]["train_iterations"] == "0" and by["nearest_neighbor"]["train_s_per_iteration"] is None
     cells = complexity._md_cells(by["nearest_neighbor"])
-    assert cells[5] == "+0.00% (+0)" and cells[6] == "—"
+    assert cells[5] == "+0.00% (+0)" and cells[6] == "60.00%" and cells[7] == "—"
     assert complexity._md_cells(by["maml"])[5] == "reference"
     csv_text = complexity.render_csv(rows)
     nn_row = next(r for r in csv.DictReader(csv_text.splitlines()) if r["method"] == "nearest_neighbor")

@@ -25,6 +25,12 @@ from torch import Tensor, nn
 from .base import ClosedFormLearner, MetaLearner, Task
 
 SHIFTS = ("all", "first")
+# The paper's ablation (Sun et al. 2019, Tables 1-2): what meta-training changes in the pretrained backbone.
+#   ss:    scaling & shifting of the frozen convolutions (MTL);
+#   ft:    fine-tuning: every backbone weight is meta-learned (at ss_lr), no SS ("FT" / "MAML deep" rows);
+#   theta: nothing is meta-learned: each task trains the head theta from its initialisation on the frozen pretrained
+#          features ("update theta only", no meta-learning; the run has no meta-parameters, so 0 iterations).
+MODES = ("ss", "ft", "theta")
 
 
 class MTL(MetaLearner):
@@ -32,21 +38,29 @@ class MTL(MetaLearner):
 
     def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
                  inner_steps: int = 100, eval_inner_steps: int | None = None, shift: str = "all",
-                 ss_lr: float = 1e-4) -> None:
+                 ss_lr: float = 1e-4, mode: str = "ss") -> None:
         # defaults and their sources: the card in method_cards.yaml
         if task_type != "classification":
             raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")
         if shift not in SHIFTS:
             raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, got {shift!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         super().__init__(model, task_type, inner_steps, eval_inner_steps, first_order=True)
-        self.inner_lr, self.shift, self.ss_lr = float(inner_lr), shift, float(ss_lr)
+        self.inner_lr, self.shift, self.ss_lr, self.mode = float(inner_lr), shift, float(ss_lr), mode
         convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
         if not convs:
             raise ValueError(f"{type(model).__name__} has no convolutions to scale and shift")
         ref = next(model.parameters())
-        self.ss_scale = nn.ParameterList([nn.Parameter(torch.ones(c.out_channels).to(ref)) for c in convs])
+        ss = mode == "ss"
+        self.ss_scale = nn.ParameterList([nn.Parameter(torch.ones(c.out_channels).to(ref)) for c in convs if ss])
         self.ss_shift = nn.ParameterList([nn.Parameter(torch.zeros(c.out_channels).to(ref))
-                                          for c in (convs if shift == "all" else convs[:1])])
+                                          for c in (convs if shift == "all" else convs[:1]) if ss])
+        if mode == "theta":
+            for p in model.parameters():
+                p.requires_grad_(False)          # no meta-parameter at all: the run does not meta-train
+        if not ss:
+            return
         for i, conv in enumerate(convs):
             for p in conv.parameters():
                 p.requires_grad_(False)          # the pretrained filters stay fixed
@@ -61,7 +75,8 @@ class MTL(MetaLearner):
         return hook
 
     def param_groups(self, meta_lr: float) -> list[dict]:
-        """Adam groups: SS and batch norm at `ss_lr`, the head's initialisation theta at the meta lr."""
+        """Adam groups: SS and batch norm (mode ft: every backbone weight) at `ss_lr`, the head's initialisation
+        theta at the meta lr."""
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         ids = {id(p) for p in head}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]

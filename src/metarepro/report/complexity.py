@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..utils import MetareproError, write_text_atomic
+from ..stats import seed_mean_ci95
 from .inputs import _is_number, load_eval, read_run_config
 from .tables import render_csv as tables_render_csv
 from .tables import (DASH, DATASET_LABELS, DATASET_ORDER, REFERENCE_METHOD, _join_unique, _pipe_table,
@@ -23,7 +24,8 @@ EVAL_NUMBERS = ("parameters", "adapt_time_per_task_s", "peak_memory_mb")      # 
 PROVENANCE_NUMBERS = ("wall_time_s", "peak_memory_mb")                        # written by train.write_outputs
 CSV_COLUMNS = [
     "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "seeds",
-    "parameters", "reference_method", "parameters_vs_reference", "parameters_vs_reference_pct",
+    "parameters", "reference_method", "parameters_vs_reference", "parameters_vs_reference_pct", "metric",
+    "test_mean", "test_ci95",
     "train_iterations", "train_wall_time_s", "train_s_per_iteration", "val_every", "val_episodes",
     "adapt_ms_per_task", "eval_episodes", "curve_episodes", "eval_inner_steps",
     "train_peak_memory_mb", "eval_peak_memory_mb", "eval_peak_gpu_memory_mb", "train_device", "eval_device"]
@@ -54,6 +56,8 @@ class RunCost:
     eval_peak_gpu_memory_mb: float | None
     train_device: str
     eval_device: str
+    metric: str = "accuracy"
+    test_mean: float = float("nan")     # the run's test score (eval.json mean), for parameters against accuracy
 
     @property
     def s_per_iteration(self) -> float | None:
@@ -114,7 +118,8 @@ def load_run_cost(run_dir: str | os.PathLike) -> RunCost:
         curve_episodes=ev.get("curve_episodes", evaluation.get("curve_episodes", ev.get("episodes", ""))),
         eval_inner_steps=ev.get("inner_steps", ""), eval_peak_memory_mb=float(ev["peak_memory_mb"]),
         eval_peak_gpu_memory_mb=float(gpu) if _is_number(gpu) else None,
-        train_device=str(prov.get("device", "")), eval_device=str(ev.get("device", "")))
+        train_device=str(prov.get("device", "")), eval_device=str(ev.get("device", "")),
+        metric=str(ev.get("metric", "accuracy")), test_mean=float(ev["mean"]) if _is_number(ev.get("mean")) else float("nan"))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -130,6 +135,16 @@ def _parameters(cs: Sequence[RunCost]) -> float:
     """The seeds' parameter count: the same for every seed of a method, else their mean."""
     counts = {c.parameters for c in cs}
     return counts.pop() if len(counts) == 1 else float(sum(c.parameters for c in cs) / len(cs))
+
+
+def _test_score(cs: Sequence[RunCost]) -> dict:
+    """The test score beside the costs: one seed's mean with its episode CI is in the main table; here the mean
+    (over seeds: the mean of the seeds' means, CI over seeds as in the main tables)."""
+    means = [c.test_mean for c in cs]
+    if len(means) == 1:
+        return {"test_mean": means[0], "test_ci95": None}
+    m, ci = seed_mean_ci95(means)
+    return {"test_mean": m, "test_ci95": ci}
 
 
 def build_rows(costs: Sequence[RunCost]) -> list[dict]:
@@ -153,6 +168,7 @@ def build_rows(costs: Sequence[RunCost]) -> list[dict]:
             "setting": setting_label(dataset, ways, shots), "method": method, "method_label": method_label(method),
             "backbone": _join_unique(c.backbone for c in cs), "profile": _join_unique(c.profile for c in cs),
             "seeds": " ".join(str(c.seed) for c in cs), "parameters": _parameters(cs),
+            "metric": _join_unique(c.metric for c in cs), **_test_score(cs),
             "train_iterations": _join_unique(c.iterations for c in cs),
             "train_wall_time_s": _mean([c.train_wall_time_s for c in cs]),
             "train_s_per_iteration": _mean([c.s_per_iteration for c in cs]),
@@ -210,7 +226,7 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
     return f"{text} ({delta:+,.0f})"
 
 
-HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Meta-train s / iteration",
+HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Test score", "Meta-train s / iteration",
           "Adaptation ms / task", "Train peak memory (MB)", "Eval peak memory (MB)", "Eval device"]
 
 
@@ -219,8 +235,18 @@ def _md_cells(r: dict) -> list[str]:
     if r["_is_ref"] and r["method"] != REFERENCE_METHOD:
         ratio = f"reference ({r['method']})"
     return [DATASET_LABELS.get(r["dataset"], r["dataset"]), r["setting"], r["method_label"], r["backbone"],
-            _fmt_params(r["parameters"]), ratio, _fmt(r["train_s_per_iteration"], 3), _fmt(r["adapt_ms_per_task"], 1),
+            _fmt_params(r["parameters"]), ratio, _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
+            _fmt(r["adapt_ms_per_task"], 1),
             _fmt(r["train_peak_memory_mb"], 0), _fmt(r["eval_peak_memory_mb"], 0), r["eval_device"] or DASH]
+
+
+def _fmt_score(r: dict) -> str:
+    if r["test_mean"] is None or math.isnan(r["test_mean"]):
+        return DASH
+    nd = 2 if r["metric"] == "accuracy" else 3
+    unit = "%" if r["metric"] == "accuracy" else " MSE"
+    text = f"{r['test_mean']:.{nd}f}{unit}"
+    return text + (f" ± {r['test_ci95']:.{nd}f}" if r.get("test_ci95") is not None else "")
 
 
 def render_markdown(title: str, rows: list[dict]) -> str:
@@ -250,6 +276,8 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         "building each episode. `Train/Eval peak memory` is the job's peak resident host memory (ru_maxrss: "
         "Python, libraries and data included), not GPU memory; GPU peaks of evaluation, where recorded, are in "
         "the CSV (`eval_peak_gpu_memory_mb`).",
+        "- **Test score** is the run's test mean (accuracy % or MSE; its 95% CI and paired tests are in the main "
+        "table), so that parameters can be read against accuracy, e.g. for CML's parameter-matched controls.",
         f"- **Seeds.** {'Values are means over the seeds listed in the CSV.' if multi else 'One seed per row.'} "
         f"Produced by config profile(s) **{profiles or '?'}**.",
     ]

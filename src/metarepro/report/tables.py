@@ -50,6 +50,10 @@ VARIANT_LABELS: dict[str, str] = {
     "sharp_maml@up": "Sharp-MAML (up)",                    # SAM in the outer loop only
     "sharp_maml@low": "Sharp-MAML (low)",                  # SAM in the inner loop only
     "sharp_maml@both": "Sharp-MAML (both)",
+    "mtl@ft": "FT (pretrained backbone meta-learned)",     # MTL's ablation: no SS, every backbone weight
+    "mtl@theta": "theta only (no meta-learning)",          # the head trained per task on the pretrained features
+    "maml@more": "More-MAML (+2 conv layers)",              # CML's parameter-matched controls
+    "maml@branch": "MAML, multi-branch",
 }
 NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
