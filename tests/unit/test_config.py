@@ -23,6 +23,8 @@ CONFIGS = {
     "paper": ["config/config.yaml", "config/paper.yaml"],
     "cpu_methods": ["config/config.yaml", "config/cpu_methods.yaml"],
     "cpu_fidelity": ["config/config.yaml", "config/cpu_fidelity.yaml"],
+    "cpu_kernel": ["config/config.yaml", "config/cpu_kernel.yaml"],
+    "cpu_cml": ["config/config.yaml", "config/cpu_cml.yaml"],
     "tiny": ["config/config.yaml", "tests/workflow/config.yaml"],
 }
 
@@ -49,7 +51,7 @@ def test_shipped_configs_validate(name: str) -> None:
         assert set(report["experiments"]) <= set(cfg["experiments"])
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu_methods", "cpu_fidelity"])
+@pytest.mark.parametrize("name", ["paper", "cpu_methods", "cpu_fidelity", "cpu_kernel", "cpu_cml"])
 def test_profiles_and_default_write_to_different_places(name: str) -> None:
     default, other = load_config(REPO / "config/config.yaml"), load_config(*(REPO / r for r in CONFIGS[name]))
     assert default["results_dir"] != other["results_dir"]
