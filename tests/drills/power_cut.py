@@ -134,6 +134,15 @@ def main() -> int:
     running = subprocess.run(["pgrep", "-g", str(proc.pid), "-a"], capture_output=True, text=True).stdout
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # a power cut leaves nothing running: also any job that Snakemake started in a session of its own
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/cwd").resolve() == wd and b"metarepro" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), signal.SIGKILL)
+                    running += f"\n{Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode()}"
+            except OSError:
+                pass
     cut_at = time.time() - t0
     jobs_at_cut = [ln.split("--run-dir ")[-1].split()[0] if "--run-dir" in ln else ln.split("\"run_dir\":\"")[-1]
                    .split("\"")[0] for ln in running.splitlines() if "metarepro" in ln and ("metatrain" in ln
