@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from . import addons
 from . import data as datasets
 from . import numerics
+from .methods.base import tap_outputs
 from .runtime import load_learner
 from .stats import mean_ci95 as mean_ci
 from .classes import overlap, overlap_error
@@ -87,7 +88,10 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
             diag = None
             scores = ensemble_scores(members, task, steps, every_step=i < n_curve)
         else:
-            with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag:
+            # CML†: the co-learner reads the feature map of the scored query pass (the last forward of the block),
+            # so it scores the very adaptation the base method is scored on, without adapting a second time
+            with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag, \
+                    tap_outputs(learner.model, [colearner.tap] if colearner is not None else []) as tapped:
                 scores = learner.evaluate_task(task, steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
@@ -96,7 +100,11 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         final[i] = scores[-1]
         if dagger is not None:
             t_co = time.perf_counter()
-            dagger[i] = colearner_score(learner, colearner, task, steps)
+            if members:
+                dagger[i] = colearner_score(learner, colearner, task, steps)
+            else:
+                with torch.no_grad():
+                    dagger[i] = learner.metric(colearner.head(tapped[colearner.tap]), task.y_query)
             dagger_wall += time.perf_counter() - t_co
     # the base method's own test time: CML†'s extra scoring (another adaptation per episode) is timed apart, so
     # that X + CML's inference cost compares with X's
@@ -163,7 +171,6 @@ def representation_analysis(learner: Any, eps: Any, n: int, steps: int, device: 
       their labels."""
     from sklearn.manifold import TSNE
 
-    from .methods.base import tap_outputs
     from .stats import linear_cka
     cka, first = [], None
     for i in range(n):
@@ -201,7 +208,6 @@ def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
 def colearner_score(learner: Any, term: Any, task: Any, steps: int) -> float:
     """CML†'s query metric: adapt as the base method does, then classify the adapted learner's tapped query
     features with the co-learner (Shin et al. 2024: the co-learner predicting at test time)."""
-    from .methods.base import tap_outputs
     adapted = learner.adapt(task, steps, create_graph=False)
     with torch.no_grad(), tap_outputs(learner.model, [term.tap]) as found:
         adapted(task.x_query)

@@ -210,6 +210,10 @@ def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_pa
         pred = term.head(found[term.tap]).argmax(1)
     assert co["per_episode"][0] == pytest.approx(float((pred == task.y_query).float().mean()) * 100.0)
     assert colearner_score(learner, term, task, learner.eval_inner_steps) == pytest.approx(co["per_episode"][0])
+    # evaluation reads the co-learner's input from the scored query pass instead of adapting again: the same
+    # numbers, bit for bit, as a separate adaptation per episode
+    assert co["per_episode"] == [colearner_score(learner, term, eps.episode(i), learner.eval_inner_steps)
+                                 for i in range(4)]
     # the table: a "MAML + CML†" row beside "MAML + CML", paired on the same episodes
     rows = tables.build_rows(tables.with_colearner_rows([ev]), [])[0]
     assert [r["method_label"] for r in rows] == ["MAML + CML", "MAML + CML†"]
