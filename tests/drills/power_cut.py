@@ -15,6 +15,11 @@ It runs in a checkout whose default run has finished (the uninterrupted referenc
     python tests/drills/power_cut.py --workdir . --redo results/fc100 --kill-after 300
 
 Prints a table of what was compared and exits 1 when anything differs (nothing is lost when it exits 0).
+
+    python tests/drills/power_cut.py --compare NEW_CHECKOUT REFERENCE_CHECKOUT
+
+compares two finished runs instead (e.g. before and after a speed-up): every run with the same resolved config
+in both must have the same scores per episode, training log and weights.
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ def snapshot(workdir: Path, redo: list[str], dest: Path) -> None:
         shutil.copytree(workdir / sub, dest / sub, symlinks=True)
 
 
-def compare(workdir: Path, ref: Path, redo: list[str]) -> tuple[dict[str, list[int]], list[str]]:
+def compare(workdir: Path, ref: Path, redo: list[str], reports: bool = True) -> tuple[dict[str, list[int]], list[str]]:
     """{kind: [compared, identical]} and the differing files."""
     stats: dict[str, list[int]] = {}
     diffs: list[str] = []
@@ -83,7 +88,7 @@ def compare(workdir: Path, ref: Path, redo: list[str]) -> tuple[dict[str, list[i
                 check("train_log.csv (all but elapsed_s)", new.exists() and csv_rows(old) == csv_rows(new), str(rel))
             elif old.name in ("model.pt", "backbone.pt"):
                 check("model.pt / backbone.pt (weights)", new.exists() and same_weights(old, new), str(rel))
-    for old in sorted((ref / "reports").rglob("*")):
+    for old in sorted((ref / "reports").rglob("*")) if reports else []:
         rel = old.relative_to(ref)
         new = workdir / rel
         if any(t in old.name for t in TIMING_TABLES) or old.is_dir():
@@ -97,14 +102,69 @@ def compare(workdir: Path, ref: Path, redo: list[str]) -> tuple[dict[str, list[i
     return stats, diffs
 
 
-def same_weights(a: Path, b: Path) -> bool:
+def tensors(x, prefix: str = "") -> dict:
     import torch
-    x, y = torch.load(a, map_location="cpu", weights_only=False), torch.load(b, map_location="cpu", weights_only=False)
-    sx, sy = x["state"], y["state"]
-    return sx.keys() == sy.keys() and all(torch.equal(sx[k], sy[k]) for k in sx)
+    if isinstance(x, torch.Tensor):
+        return {prefix: x}
+    if isinstance(x, dict):
+        return {k: v for key, val in x.items() for k, v in tensors(val, f"{prefix}/{key}").items()}
+    if isinstance(x, (list, tuple)):
+        return {k: v for i, val in enumerate(x) for k, v in tensors(val, f"{prefix}/{i}").items()}
+    return {}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Every tensor saved in the two files (weights, ensemble members, add-ons) is equal."""
+    import torch
+    x = tensors(torch.load(a, map_location="cpu", weights_only=False))
+    y = tensors(torch.load(b, map_location="cpu", weights_only=False))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def run_config(path: Path) -> dict:
+    import yaml
+    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg.pop("provenance", None)
+    return cfg
+
+
+def compare_checkouts(new: Path, ref: Path) -> int:
+    """Two finished runs of the pipeline (e.g. before and after a speed-up): every run whose resolved config is the
+    same in both must have the same scores (per episode), training log and weights; runs whose config differs
+    are listed, not compared."""
+    stats: dict[str, list[int]] = {}
+    diffs, changed, missing = [], [], []
+    for cfg_path in sorted((ref / "results").rglob("config.yaml")):
+        run = cfg_path.parent
+        rel = run.relative_to(ref)
+        other = new / rel
+        if not (other / "config.yaml").exists():
+            missing.append(str(rel))
+            continue
+        if run_config(cfg_path) != run_config(other / "config.yaml"):
+            changed.append(str(rel))
+            continue
+        s, d = compare(new, ref, [str(rel)], reports=False)
+        for k, (n, same) in s.items():
+            t = stats.setdefault(k, [0, 0])
+            t[0] += n
+            t[1] += same
+        diffs += d
+    print("| compared (runs with the same config) | files | identical |\n|---|---|---|")
+    for kind, (n, same) in stats.items():
+        print(f"| {kind} | {n} | {same} |")
+    print(f"runs whose config differs (not compared): {len(changed)}" + "".join(f"\n  {c}" for c in changed))
+    print(f"runs only in {ref}: {len(missing)}" + "".join(f"\n  {m}" for m in missing))
+    if diffs:
+        print("differing:\n  " + "\n  ".join(diffs))
+    return 1 if diffs else 0
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--compare"]:
+        if len(sys.argv) != 4:
+            sys.exit("usage: power_cut.py --compare NEW_CHECKOUT REFERENCE_CHECKOUT")
+        return compare_checkouts(Path(sys.argv[2]).resolve(), Path(sys.argv[3]).resolve())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=".", help="checkout whose default run has finished (default: .)")
     ap.add_argument("--redo", nargs="+", default=["results/fc100"], help="results subfolders to delete and redo")
