@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .task_layers import TaskBatchNorm2d, TaskConv2d, TaskLinear
+from .task_layers import MaxPool2x2, TaskBatchNorm2d, TaskConv2d, TaskLinear
 
 
 def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
@@ -17,7 +17,7 @@ def conv_block(cin: int, cout: int, running_stats: bool) -> nn.Sequential:
         TaskConv2d(cin, cout, kernel_size=3, padding=1),
         TaskBatchNorm2d(cout, track_running_stats=running_stats),
         nn.ReLU(inplace=False),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
     )
 
 

@@ -10,6 +10,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .task_layers import MaxPool2x2
+
 
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, running_stats: bool, drop_rate: float) -> None:
@@ -21,7 +23,7 @@ class ResBlock(nn.Module):
         self.conv3, self.bn3 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), bn()
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), bn())
         self.act = nn.LeakyReLU(0.1)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = MaxPool2x2()
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
