@@ -27,6 +27,7 @@ import seaborn as sns
 
 from ..utils import MetareproError
 from .figures import _run_label, _save, load_run_dir
+from .tables import method_label
 
 log = logging.getLogger("metarepro.report")
 
@@ -58,8 +59,15 @@ def _with(runs, ok, what: str, setting: str, kind: str):
 
 
 def _label(cfg: dict) -> str:
-    control = (((cfg.get("addons") or {}).get("cml") or {}).get("control") or "none")
-    return _run_label(cfg) + (" (noise-matched control)" if control == "noise" else "")
+    return _run_label(cfg)       # the noise control's label says so (report.tables.method_label)
+
+
+def _short(cfg: dict) -> str:
+    return f"{method_label(str(cfg['method']))}, {cfg['shots']}-shot"
+
+
+def _is_control(cfg: dict) -> bool:
+    return (((cfg.get("addons") or {}).get("cml") or {}).get("control") or "none") == "noise"
 
 
 def _series(runs, column: str, kind: str, title: str, ylabel: str, out, log_y: bool = False) -> Path:
@@ -83,7 +91,8 @@ def _series(runs, column: str, kind: str, title: str, ylabel: str, out, log_y: b
 
 
 def figure_cml_cosine(run_dirs, out) -> Path:
-    runs = _with(_runs(run_dirs), lambda r: "cml_cos_features" in r[2].columns
+    # the noise control's co-learner gradient never reaches the learner: its cosine is not CML's, so it is left out
+    runs = _with(_runs(run_dirs), lambda r: "cml_cos_features" in r[2].columns and not _is_control(r[1])
                  and pd.to_numeric(r[2]["cml_cos_features"], errors="coerce").notna().any(),
                  "co-learner gradient diagnostics", "train.diagnostics_every (on a +cml run)", "cml_cosine")
     return _series(runs, "cml_cos_features", "cml_cosine",
@@ -101,7 +110,7 @@ def figure_grad_norms(run_dirs, out) -> Path:
 
 def figure_cml_noise(run_dirs, out) -> Path:
     runs = _with(_runs(run_dirs), lambda r: r[3] is not None, "eval.json", "(evaluate the runs)", "cml_noise")
-    if not any((((c.get("addons") or {}).get("cml") or {}).get("control") == "noise") for _, c, _, _ in runs):
+    if not any(_is_control(c) for _, c, _, _ in runs):
         raise MetareproError("figure --kind cml_noise: no run is a noise-matched control "
                              "(a '<method>@noise+cml' run with addons: {cml: {control: noise}})")
     sns.set_theme(style="whitegrid", context="notebook")
@@ -109,11 +118,11 @@ def figure_cml_noise(run_dirs, out) -> Path:
     palette = sns.color_palette("colorblind", len(runs))
     labels, means, cis = [], [], []
     for (_, cfg, df, ev), color in zip(runs, palette):
-        val = df.dropna(subset=["val_mean"])
-        ax_val.plot(val["iteration"], 100 * val["val_mean"], marker="o", color=color, label=_label(cfg))
-        labels.append(_label(cfg).split(",")[0] + (" (noise)" if "noise" in _label(cfg) else ""))
-        means.append(100 * ev["mean"])
-        cis.append(100 * ev["ci95"])
+        val = df.dropna(subset=["val_mean"])      # accuracies are in percent already
+        ax_val.plot(val["iteration"], val["val_mean"], marker="o", color=color, label=_label(cfg))
+        labels.append(_short(cfg))
+        means.append(ev["mean"])
+        cis.append(ev["ci95"])
     ax_val.set(title="Validation accuracy over meta-training", xlabel="meta-iteration", ylabel="accuracy (%)")
     ax_val.legend(fontsize="small")
     ax_test.bar(range(len(runs)), means, yerr=cis, color=palette, capsize=4)
@@ -133,14 +142,18 @@ def _analysed(run_dirs, kind: str):
 def figure_cka(run_dirs, out) -> Path:
     runs = _analysed(run_dirs, "cka")
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(runs)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 2.8 * len(runs)), 5))
     palette = sns.color_palette("colorblind", len(runs))
     vals = [r[3]["analysis"]["cka"] for r in runs]
-    ax.bar(range(len(runs)), [v["mean"] for v in vals], yerr=[v["ci95"] for v in vals], color=palette, capsize=4)
-    ax.set_xticks(range(len(runs)), [_label(c) for _, c, _, _ in runs], rotation=20, ha="right", fontsize="small")
+    means, cis = [v["mean"] for v in vals], [v["ci95"] for v in vals]
+    ax.bar(range(len(runs)), means, yerr=cis, color=palette, capsize=4)
+    for i, (m, c) in enumerate(zip(means, cis)):
+        ax.annotate(f"{m:.3f}", (i, m + c), ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(range(len(runs)), [_short(c) for _, c, _, _ in runs], rotation=15, ha="right", fontsize="small")
     n = runs[0][3]["analysis"]["episodes"]
-    ax.set(ylim=(0, 1.05), ylabel="linear CKA(before, after adaptation)",
-           title=f"How much adaptation changes the query features (mean ± 95% CI over {n} test episodes)")
+    low = max(0.0, min(m - c for m, c in zip(means, cis)) - 0.05)
+    ax.set(ylim=(low, 1.0 + 0.02 * (1 - low)), ylabel=f"linear CKA, mean ± 95% CI over {n} test episodes",
+           title="CKA of the query features before and after adaptation (1 = unchanged; axis zoomed)")
     fig.tight_layout()
     return _save(fig, out, [str(c.get("profile", "unknown")) for _, c, _, _ in runs])
 
@@ -154,7 +167,7 @@ def figure_tsne(run_dirs, out) -> Path:
         xy, y = np.asarray(t["xy"]), np.asarray(t["labels"])
         for c in np.unique(y):
             ax.scatter(xy[y == c, 0], xy[y == c, 1], s=14, label=f"class {c}")
-        ax.set(title=_label(cfg), xticks=[], yticks=[])
+        ax.set(title=_short(cfg), xticks=[], yticks=[])
         ax.title.set_fontsize("small")
     axes[0][0].legend(fontsize="x-small")
     fig.suptitle("t-SNE of adapted query features (test episode 0)", fontsize="x-large")

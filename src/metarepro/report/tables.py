@@ -62,6 +62,13 @@ MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
                                               "Matching Networks FCE": ("Matching Network FCE",)}
 
+# Labels whose published rows are named differently and must not take the parenthesised-variant match (plain "MTL"
+# would also take "MTL (SS + HT)"): only these paper methods match (MTL paper, Tables 1-2 and its ablation).
+PAPER_EXACT: dict[str, tuple[str, ...]] = {
+    "MTL": ("MTL (SS)",), "MTL + HT": ("MTL (SS + HT)",),
+    "FT (pretrained backbone meta-learned) + HT": ("MAML deep + HT (FT, ResNet-12 pre)",),
+    "theta only (no meta-learning)": ("update theta only (no meta-learning)",)}
+
 DATASET_ORDER = ["sinusoid", "omniglot", "cifarfs", "fc100", "miniimagenet", "tieredimagenet", "cub"]
 DATASET_LABELS = {"sinusoid": "Sinusoid", "omniglot": "Omniglot", "cifarfs": "CIFAR-FS", "fc100": "FC100",
                   "miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cub": "CUB"}
@@ -79,10 +86,11 @@ def method_label(method: str) -> str:
         method, _, k = method.partition(TRAIN_SHOTS_TAG)
         return f"{method_label(method)} ({k}-shot meta-training)"
     base, *mods = method.split("+")
-    if base.endswith(f"@{NOISE_TAG}") and "cml" in mods:
+    if base.endswith(f"@{NOISE_TAG}") and ("cml" in mods or "cml_dagger" in mods):
         # CML's noise-matched control: the co-learner trains, the learner gets noise of its gradient's norm instead
-        rest = [m for m in mods if m != "cml"]
-        return method_label("+".join([base[:-len(NOISE_TAG) - 1]] + rest)) + " + noise of CML's norm (control)"
+        rest = [m for m in mods if m not in ("cml", "cml_dagger")]
+        return (method_label("+".join([base[:-len(NOISE_TAG) - 1]] + rest)) + " + noise of CML's norm (control)"
+                + (", scored by its co-learner (CML†)" if "cml_dagger" in mods else ""))
     if base in VARIANT_LABELS:
         label = VARIANT_LABELS[base]
     else:
@@ -221,6 +229,9 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
     """Paper rows for the same dataset, shots, ways (not for sinusoid) and metric, whose method is
     our label, an alias of it, or a parenthesised variant of it ("MAML (ResNet-12)")."""
     labels = (g.label,) + PAPER_ALIASES.get(g.label, ())
+    if g.label in PAPER_EXACT:
+        return [p for p in paper if p.method in PAPER_EXACT[g.label] and p.dataset == g.dataset
+                and p.shots == g.shots and p.metric == g.metric and (g.dataset == "sinusoid" or p.ways == g.ways)]
     out = []
     for p in paper:
         if p.dataset != g.dataset or p.shots != g.shots or p.metric != g.metric:
