@@ -179,6 +179,9 @@ def main() -> int:
     snapshot(wd, args.redo, ref)
     for sub in args.redo:
         shutil.rmtree(wd / sub)
+    # the reports too: Snakemake does not rebuild a missing intermediate file whose reports are present and newer
+    for f in [*(wd / "reports" / "tables").glob("*"), *(wd / "reports" / "figures").glob("*.png"), wd / "reports" / "README.md"]:
+        f.unlink()
     log = open(wd / "power_cut_drill.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([args.snakemake, "--cores", "2"], cwd=wd, stdout=log, stderr=subprocess.STDOUT,
