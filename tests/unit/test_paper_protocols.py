@@ -140,6 +140,11 @@ VARIANT_SWITCHES = {
     "sharp_maml@up": {"sam_outer": True, "sam_inner": False},
     "sharp_maml@low": {"sam_outer": False, "sam_inner": True},
     "sharp_maml@both": {"sam_outer": True, "sam_inner": True},
+    "mtl@ft": {"mode": "ft"},
+    "mtl@theta": {"mode": "theta"},
+    # CML's parameter-matched controls differ from MAML in the backbone (backbone_args), not in switches
+    "maml@more": {},
+    "maml@branch": {},
 }
 # methods whose full version is itself a labelled variant (the paper names every row by its switches)
 FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}
