@@ -106,8 +106,8 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                 with torch.no_grad():
                     dagger[i] = learner.metric(colearner.head(tapped[colearner.tap]), task.y_query)
             dagger_wall += time.perf_counter() - t_co
-    # the base method's own test time: CML†'s extra scoring (another adaptation per episode) is timed apart, so
-    # that X + CML's inference cost compares with X's
+    # the base method's own test time: CML†'s scoring (the co-learner head; for an ensemble another adaptation)
+    # is timed apart, so that X + CML's inference cost compares with X's
     wall = time.perf_counter() - t0 - dagger_wall
     mean, ci = mean_ci(final)
     result: dict[str, Any] = {

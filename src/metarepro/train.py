@@ -120,8 +120,8 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     if total == 0 and tr["iterations"] > 0:
         log.info("%s has no meta-parameters to train: skipping the %d configured iterations", run.method,
                  tr["iterations"])
-    # one Adam, one param group per outer-loss term at its own lr (Adam is per-parameter: the same as an Adam each)
-    # the method's own groups (MTL: scaling/shifting at its own lr) + one per outer-loss term at its own lr
+    # one Adam: the method's own groups (MTL: scaling/shifting at its own lr) + one per outer-loss term at its own
+    # lr (Adam is per-parameter: the same as an Adam each)
     groups = learner.param_groups(tr["meta_lr"]) + [{"params": list(t.parameters()), "lr": t.lr} for t in extras.terms]
     optimizer = torch.optim.Adam(groups, lr=tr["meta_lr"]) if total else None
     scheduler = make_scheduler(learner, optimizer, total, tr, run.method) if optimizer is not None else None

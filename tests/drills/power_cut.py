@@ -222,9 +222,6 @@ def main() -> int:
     print(f"rerun after --unlock: rc {rc} in {time.time() - t1:.0f} s")
     log.close()
     resumed = [ln.strip() for ln in (wd / "power_cut_drill.log").read_text().splitlines() if "resuming" in ln]
-    for sub in args.redo:
-        for f in (wd / sub).rglob("*.log"):
-            resumed += [f"{f.relative_to(wd)}: {ln.strip()}" for ln in f.read_text().splitlines() if "resuming" in ln]
     for d in sorted((wd / "logs").rglob("*.log")):
         try:
             text = d.read_text()

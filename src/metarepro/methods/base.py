@@ -94,6 +94,11 @@ class StepStats(dict):
         self[key] = self.get(key, 0.0) + value
 
 
+def _norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The Euclidean norm of several tensors taken as one vector."""
+    return torch.sqrt(sum((t * t).sum() for t in tensors))
+
+
 @contextlib.contextmanager
 def tap_outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, Tensor]]:
     """Record the output of `model`'s submodules `names` (e.g. "features"): the dict holds each one's output of
@@ -320,10 +325,14 @@ class MetaLearner(nn.Module):
         stack = self.can_stack(tasks) and not per_task and not (taps and not getattr(self.model, "stacked_taps", True))
         batches = [Task.stack(tasks)] if stack else tasks
         stats, grads, used = StepStats(), [], set()
-        # the terms' shares of the learner's gradient, kept apart for the noise control and the diagnostics
-        own = [p for p in params if any(p is q for q in self.parameters())]
-        split = {t.name: [torch.zeros_like(p) for p in own] for t in terms
-                 if not per_task and (t.noise_control or self.grad_diagnostics)}
+        # the terms' shares of the learner's gradient, kept apart for the noise control and the diagnostics (only
+        # then is the learner's own share of `params` looked up: meta_step runs every iteration of every method)
+        split_terms = [t for t in terms if not per_task and (t.noise_control or self.grad_diagnostics)]
+        own: list[Tensor] = []
+        if split_terms or self.grad_diagnostics:
+            mine = {id(p) for p in self.parameters()}
+            own = [p for p in params if id(p) in mine]
+        split = {t.name: [torch.zeros_like(p) for p in own] for t in split_terms}
         for batch in batches:
             with tap_outputs(self.model, taps) as features:
                 o = self.outcome(batch)
@@ -357,9 +366,8 @@ class MetaLearner(nn.Module):
             if term.name in split and term.noise_control:
                 # the control: the learner gets Gaussian noise of the norm the term's gradient had, not the term's
                 # gradient (drawn from torch's global RNG, which checkpoints save, so a resumed run is the same)
-                norm = torch.sqrt(sum((g * g).sum() for g in split[term.name]))
                 noise = [torch.randn_like(p) for p in own]
-                scale = norm / torch.sqrt(sum((z * z).sum() for z in noise)).clamp_min(1e-30)
+                scale = _norm(split[term.name]) / _norm(noise).clamp_min(1e-30)
                 for p, z in zip(own, noise):
                     p.grad = z * scale if p.grad is None else p.grad + z * scale
         if per_task:
@@ -383,7 +391,7 @@ class MetaLearner(nn.Module):
         feats = {id(p) for p in self.feature_parameters()}
         idx = [i for i, p in enumerate(own) if id(p) in feats]
         total = [own[i].grad if own[i].grad is not None else torch.zeros_like(own[i]) for i in idx]
-        stats["grad_norm_features"] = float(torch.sqrt(sum((g * g).sum() for g in total)))
+        stats["grad_norm_features"] = float(_norm(total))
         for term in terms:
             if term.name not in split:
                 continue

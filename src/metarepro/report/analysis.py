@@ -14,7 +14,6 @@ is an error naming the setting that records it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ import seaborn as sns
 
 from ..utils import MetareproError
 from .figures import _run_label, _save, load_run_dir
+from .inputs import load_eval
 from .tables import method_label
 
 log = logging.getLogger("metarepro.report")
@@ -37,12 +37,7 @@ def _runs(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, dict, pd.Da
     for d in run_dirs:
         cfg, df = load_run_dir(d)
         ev_path = Path(d) / "eval.json"
-        ev = None
-        if ev_path.exists():
-            try:
-                ev = json.loads(ev_path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise MetareproError(f"cannot read {ev_path}: {exc}") from exc
+        ev = load_eval(ev_path) if ev_path.exists() else None     # checked: a malformed file is named
         out.append((Path(d), cfg, df, ev))
     return out
 
