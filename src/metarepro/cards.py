@@ -20,6 +20,7 @@ class MethodCard:
     label: str
     citation: str
     hparams: dict[str, dict] = field(default_factory=dict)
+    choices: str = ""      # what the papers leave open and we chose (printed under the tables that show the method)
     gradient_based: bool = False
     needs_pretrained: bool = False
     meta_trainable: bool = True
@@ -41,7 +42,7 @@ def cards() -> dict[str, MethodCard]:
     raw = yaml.safe_load(CARDS_PATH.read_text())
     out = {}
     for name, c in raw.items():
-        unknown = set(c) - {"label", "citation", "hparams", *FLAGS}
+        unknown = set(c) - {"label", "citation", "hparams", "choices", *FLAGS}
         if unknown or not {"label", "citation"} <= set(c):
             raise ValueError(f"{CARDS_PATH}: method {name!r} has unknown fields {sorted(unknown)} or lacks "
                              "label/citation")
@@ -49,6 +50,7 @@ def cards() -> dict[str, MethodCard]:
             if "default" not in spec or "description" not in spec:
                 raise ValueError(f"{CARDS_PATH}: {name}.hparams.{hp} needs a default and a description (its source)")
         out[name] = MethodCard(name=name, label=c["label"], citation=c["citation"], hparams=dict(c.get("hparams") or {}),
+                               choices=" ".join(str(c.get("choices") or "").split()),
                                **{f: bool(c.get(f, d)) for f, d in FLAGS.items()})
     return out
 

@@ -390,3 +390,19 @@ def test_addon_runs_are_paired_with_their_base_run(tmp_path, paper):
     assert float(rows["maml@noise+cml"]["vs_maml_diff"]) == pytest.approx(-1.0)
     text = md.read_text()
     assert "(vs BOIL)" in text and "MAML + noise of CML's norm (control)" in text
+
+
+def test_tables_state_our_choices_for_the_methods_and_addons_they_show(tmp_path, paper):
+    """Where a paper leaves choices open (AMFS, O-AMFS, MTL, HT), the table that shows the method says what we
+    chose; tables without such a method carry no such note."""
+    a = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(90, 5))
+    b = write_eval(tmp_path, "omniglot", "amfs+oamfs", 5, 1, 0, alternating(91, 5))
+    md_path, _ = tables.make_table([a, b], tmp_path / "t.md", "t", paper)
+    md = md_path.read_text()
+    assert "**Our choices, AMFS.**" in md and "Cholesky" in md and "Srinivas et al. 2010" in md
+    assert "**Our choices, O-AMFS.**" in md and "w_i = (1 + c_i) / 2" in md
+    assert "Our choices, MTL" not in md and "Our choices, HT" not in md
+    assert tables.choices_notes(["mtl@ft+ht"])[0].startswith("- **Our choices, MTL.** The backbone is pretrained")
+    assert "lowest query accuracy" in tables.choices_notes(["mtl@ft+ht"])[1]
+    md_path, _ = tables.make_table([a], tmp_path / "m.md", "m", paper)
+    assert "Our choices" not in md_path.read_text()

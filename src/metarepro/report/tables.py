@@ -19,6 +19,7 @@ import numpy as np
 
 
 from ..cards import cards
+from ..config import split_method
 from ..stats import Paired, mean_ci95, paired_test, seed_mean_ci95
 from ..utils import MetareproError, write_text_atomic
 from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, TRAIN_SHOTS_TAG, PaperRow, load_eval,
@@ -58,6 +59,20 @@ VARIANT_LABELS: dict[str, str] = {
 NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
 MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
+# What the add-ons' papers leave open and we chose (the code's docstrings say the same at more length), printed under
+# every table with a run that uses the add-on.
+ADDON_CHOICES: dict[str, str] = {
+    "ht": "the official code never released the hard-task meta-batch; our reading of the paper: after each "
+          "ordinary meta-batch, each task's class with the lowest query accuracy after adaptation (ties: the "
+          "lowest label) joins a pool; once the pool holds N distinct classes, the next meta-iteration trains on "
+          "a hard meta-batch (as many tasks as the ordinary one) of N classes drawn from the pool with fresh "
+          "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined",
+    "oamfs": "no code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
+             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0)",
+    "cml": "the co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
+           "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
+           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer",
+}
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
                                               "Matching Networks FCE": ("Matching Network FCE",)}
@@ -423,6 +438,21 @@ def _header(metric: str, sinus: bool, wall_time: bool = False) -> list[str]:
                "vs MAML (paired Δ ± CI; add-on runs vs their base)", "p (t / Wilcoxon)"])
 
 
+def choices_notes(methods: Iterable[str]) -> list[str]:
+    """One note line per method or add-on in `methods` (run names) whose papers leave choices open: ours."""
+    bases: dict[str, None] = {}
+    addons: dict[str, None] = {}
+    for name in methods:
+        base, _, ons = split_method(name.split(TRAIN_SHOTS_TAG)[0])
+        bases[base] = None
+        addons.update(dict.fromkeys(ons))
+    out = [f"- **Our choices, {METHOD_LABELS[b]}.** {cards()[b].choices[0].upper()}{cards()[b].choices[1:]}"
+           for b in bases if b in METHOD_LABELS and cards()[b].choices]
+    out += [f"- **Our choices, {MODIFIER_LABELS.get(a, a)}.** {ADDON_CHOICES[a][0].upper()}{ADDON_CHOICES[a][1:]}."
+            for a in addons if a in ADDON_CHOICES]
+    return out
+
+
 def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_path: str,
                     wall_time: bool = False) -> str:
     parts = [f"# {title}", ""]
@@ -486,6 +516,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                  "distribution (regularized incomplete beta function) and a Wilcoxon signed-rank test "
                  "(zeros dropped, tie-corrected normal approximation). For the sinusoid this uses the "
                  "final-step MSEs.")
+    notes += choices_notes(r["method"] for r in rows)
     notes.append(f"- **Sources.** Published numbers come from `{paper_path}` (a copy of "
                  f"`../shared/reference/paper_results.csv`):")
     parts += notes
