@@ -145,6 +145,7 @@ VARIANT_SWITCHES = {
     # CML's parameter-matched controls differ from MAML in the backbone (backbone_args), not in switches
     "maml@more": {},
     "maml@branch": {},
+    "sharp_maml@cmlp": {"sam_outer": True, "sam_inner": False},
 }
 # methods whose full version is itself a labelled variant (the paper names every row by its switches)
 FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}
@@ -153,7 +154,7 @@ FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}
 def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
     """An ablation row labelled "MAML + per-step Q_j" must run Q_j without skips, and differ from the full
     method of its report only in the switches (so the rows compare one change at a time)."""
-    from metarepro.report.tables import VARIANT_LABELS
+    from metarepro.report.tables import PROTOCOL_TAGS, VARIANT_LABELS
 
     assert set(VARIANT_SWITCHES) == set(VARIANT_LABELS)
     seen = set()
@@ -161,9 +162,14 @@ def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
         for method, args in exp["methods"].items():
             if "@" not in method:
                 continue
+            method = method.split("+")[0]       # add-ons (`+cml`) do not change the variant's switches
+            if method.split("@")[1] in PROTOCOL_TAGS and method not in VARIANT_SWITCHES:
+                continue            # a protocol, not an ablation: test_cml_protocol checks it
             assert method in VARIANT_SWITCHES, f"{name}.{method}: a paper.yaml variant without a report label"
             switches = VARIANT_SWITCHES[method]
             assert {k: args[k] for k in switches} == switches, (name, method)
+            if method.split("@")[1] in PROTOCOL_TAGS:
+                continue            # a protocol, not an ablation: test_cml_protocol checks it
             base = FULL_VARIANT.get(base_method(method), base_method(method))
             full = [e["methods"][base] for e in CFG["experiments"].values()
                     if e["dataset"] == exp["dataset"] and base in e["methods"]
@@ -174,3 +180,34 @@ def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
                     {k: v for k, v in full[0].items() if k not in switches}, (name, method)
             seen.add(method)
     assert seen, "paper.yaml runs no ablation variants"
+
+
+def test_cml_protocol() -> None:
+    """Every run tagged @cmlp, and BOIL (whose own protocol it is), runs CML's official protocol: Conv-4-64, one
+    inner step at 0.5, meta-batch 4, meta lr 1e-3, 15 queries, 30k iterations, each with and without the
+    co-learner in the same experiment (paired on the same episodes); MAML++ + CML beside MAML++ at MAML++'s own
+    protocol, where CML's one published row comes from."""
+    from metarepro.report.tables import method_label
+
+    exps = {n: e for n, e in CFG["experiments"].items() if any("@cmlp" in m for m in e["methods"])}
+    assert {e["dataset"] for e in exps.values()} == {"miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub"}
+    for name, exp in exps.items():
+        assert exp["backbone"] == "conv4" and exp["backbone_args"] == {"filters": 64}, name
+        tr = exp["train"]
+        assert (tr["iterations"], tr["meta_batch"], tr["meta_lr"], tr["queries"]) == (30000, 4, 0.001, 15), name
+        assert not exp["train_overrides"], name
+        methods = exp["methods"]
+        bases = {m for m in methods if not m.endswith("+cml")}
+        assert {base_method(m) for m in bases} == {"maml", "fomaml", "mamlpp", "boil", "sharp_maml", "pamela",
+                                                   "metasgd"}, name
+        for m in bases:
+            cml = dict(methods[m + "+cml"])
+            assert cml.pop("addons") == {"cml": {"weight": 1.0, "lr": 0.001}}, (name, m)   # gamma 1, Adam 1e-3
+            assert cml == methods[m], (name, m)
+            assert methods[m]["inner_steps"] == 1, (name, m)
+            if base_method(m) != "metasgd":
+                assert methods[m]["inner_lr"] == 0.5, (name, m)
+            assert m == "boil" or m.endswith("@cmlp"), (name, m)
+    assert method_label("maml@cmlp+cml") == "MAML (CML protocol) + CML"
+    mamlpp = CFG["experiments"]["miniimagenet_mamlpp"]["methods"]
+    assert {k: v for k, v in mamlpp["mamlpp+cml"].items() if k != "addons"} == mamlpp["mamlpp"]

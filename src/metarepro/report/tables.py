@@ -55,7 +55,11 @@ VARIANT_LABELS: dict[str, str] = {
     "mtl@theta": "theta only (no meta-learning)",          # the head trained per task on the pretrained features
     "maml@more": "More-MAML (+2 conv layers)",              # CML's parameter-matched controls
     "maml@branch": "MAML, multi-branch",
+    "sharp_maml@cmlp": "Sharp-MAML (up, CML protocol)",    # the protocol tag below, on the "up" variant
 }
+# Tags that name a protocol rather than switches: `maml@cmlp` is MAML run at CML's protocol (config/paper.yaml,
+# beside MAML at its own paper's protocol under the plain name); labelled "<method label> (<protocol>)".
+PROTOCOL_TAGS: dict[str, str] = {"cmlp": "CML protocol"}
 NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
 # Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
 MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
@@ -110,7 +114,7 @@ def method_label(method: str) -> str:
         label = VARIANT_LABELS[base]
     else:
         name, _, tag = base.partition("@")
-        label = METHOD_LABELS.get(name, name) + (f" ({tag})" if tag else "")
+        label = METHOD_LABELS.get(name, name) + (f" ({PROTOCOL_TAGS.get(tag, tag)})" if tag else "")
     return " + ".join([label] + [MODIFIER_LABELS.get(m, m.upper()) for m in mods])
 
 
