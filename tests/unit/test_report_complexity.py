@@ -66,10 +66,12 @@ def test_complexity_numbers_ratio_to_maml_and_seed_means(tmp_path):
 
     md = md_path.read_text()
     assert md.startswith("# PAMELA complexity\n")
-    assert "| Parameters | vs MAML | Test score | Meta-train s / iteration | Adaptation ms / task |" in md
+    assert "| Parameters | vs MAML | Test score | Meta-train s / iteration | Adaptation ms / task | Test inner steps |" in md
     # the test score beside the parameters: one seed's mean; two seeds' mean with the CI over seeds
     assert "| miniImageNet | 5-way 5-shot | MAML | conv4-64 | 32,000 | reference (pamela@maml) | 60.00% ± 0.00 | 0.500 | 80.0 |" in md
     assert "| 40,000 | +25.00% (+8,000) | 60.00% | 1.500 | 200.0 |" in md
+    # the test-time inner steps behind the adaptation time (eval.json `inner_steps`)
+    assert "| 40,000 | +25.00% (+8,000) | 60.00% | 1.500 | 200.0 | 3 | 1,500 | 900 | cpu |" in md
     assert float(rows[("5", "pamela")]["test_mean"]) == pytest.approx(60.0) and rows[("5", "pamela")]["metric"] == "accuracy"
     assert "| 32,001 | <+0.01% (+1) |" in md                                    # too small for two decimals
     assert "| 5-way 1-shot | PAMELA | conv4-64 | 40,000 | — |" in md

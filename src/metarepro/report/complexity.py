@@ -227,7 +227,7 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
 
 
 HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Test score", "Meta-train s / iteration",
-          "Adaptation ms / task", "Train peak memory (MB)", "Eval peak memory (MB)", "Eval device"]
+          "Adaptation ms / task", "Test inner steps", "Train peak memory (MB)", "Eval peak memory (MB)", "Eval device"]
 
 
 def _md_cells(r: dict) -> list[str]:
@@ -236,8 +236,13 @@ def _md_cells(r: dict) -> list[str]:
         ratio = f"reference ({r['method']})"
     return [DATASET_LABELS.get(r["dataset"], r["dataset"]), r["setting"], r["method_label"], r["backbone"],
             _fmt_params(r["parameters"]), ratio, _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
-            _fmt(r["adapt_ms_per_task"], 1),
+            _fmt(r["adapt_ms_per_task"], 1), _fmt_steps(r["eval_inner_steps"]),
             _fmt(r["train_peak_memory_mb"], 0), _fmt(r["eval_peak_memory_mb"], 0), r["eval_device"] or DASH]
+
+
+def _fmt_steps(steps: Any) -> str:
+    """The test-time inner steps behind `Adaptation ms / task` (several values when seeds differ)."""
+    return DASH if steps in (None, "") else str(steps)
 
 
 def _fmt_score(r: dict) -> str:
@@ -271,7 +276,8 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         "over resumed segments) / the meta-iterations it ran; it includes the periodic validation (every "
         "`val_every` iterations on `val_episodes` episodes, see the CSV) and checkpoint writes; `—` for methods "
         "with nothing to meta-train (0 iterations). `Adaptation ms / task` = evaluation wall time / test episodes "
-        "(eval.json `adapt_time_per_task_s`): the inner loop on the support set plus scoring the query set once, "
+        "(eval.json `adapt_time_per_task_s`): the inner loop on the support set (`Test inner steps` gradient "
+        "steps; 0 for closed-form and metric methods) plus scoring the query set once, "
         "and, on the first `curve_episodes` episodes (CSV), scoring after every inner step; it also includes "
         "building each episode. `Train/Eval peak memory` is the job's peak resident host memory (ru_maxrss: "
         "Python, libraries and data included), not GPU memory; GPU peaks of evaluation, where recorded, are in "
