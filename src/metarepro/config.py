@@ -272,6 +272,13 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                 problems.append(f"'experiments.{name}.{where}.ways' = {tw} differs from ways = {exp['ways']}, but "
                                 f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
                                 f"{tw}-way episodes; only {', '.join(sorted(ANY_TRAIN_WAYS))} can")
+        if exp.get("input"):
+            inp, size = exp["input"], dataset_args(cfg, exp["dataset"]).get("image_size")
+            if exp["dataset"] == "sinusoid":
+                problems.append(f"'experiments.{name}.input': dataset 'sinusoid' has no images to crop")
+            elif inp["crop"] > inp.get("resize", size or inp["crop"]):
+                problems.append(f"'experiments.{name}.input.crop' = {inp['crop']} exceeds the "
+                                + (f"resize {inp['resize']}" if "resize" in inp else f"image size {size}"))
         for shot in exp["train_overrides"]:
             if int(shot) not in exp["shots"]:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
@@ -424,9 +431,28 @@ def backbone_label(backbone: str, backbone_args: dict) -> str:
     return "-".join(parts)
 
 
-def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, seed: int) -> str:
-    """{results_dir}/{dataset}/pretrain/{backbone label}/seed{seed}: one pretraining per dataset, backbone, seed."""
-    return f"{cfg['results_dir']}/{dataset}/pretrain/{backbone_label(backbone, backbone_args)}/seed{seed}"
+def input_label(input_crop: dict | None) -> str:
+    """'' without an input transform; '-in92c80' for {resize: 92, crop: 80}, '-inc80' for {crop: 80}."""
+    if not input_crop:
+        return ""
+    return f"-in{input_crop.get('resize', '')}c{input_crop['crop']}"
+
+
+def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, seed: int,
+                 input_crop: dict | None = None) -> str:
+    """{results_dir}/{dataset}/pretrain/{backbone label}[-in<resize>c<crop>]/seed{seed}: one pretraining per
+    dataset, backbone, input transform and seed."""
+    return (f"{cfg['results_dir']}/{dataset}/pretrain/{backbone_label(backbone, backbone_args)}"
+            f"{input_label(input_crop)}/seed{seed}")
+
+
+def experiment_dataset_args(cfg: dict, exp: dict) -> dict:
+    """The options of an experiment's dataset, plus the experiment's `input` transform when it has one (a run-time
+    transform: it does not change the prepared data, so prepare's options leave it out)."""
+    out = dataset_args(cfg, exp["dataset"])
+    if exp.get("input"):
+        out["input"] = dict(exp["input"])
+    return out
 
 
 def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) -> RunConfig:
@@ -441,11 +467,11 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
     train = dict(exp["train"])
     train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
     dataset = exp["dataset"]
-    pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed)}/backbone.pt"
-                  if base_method(method) in PRETRAINED_METHODS else "")
+    pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed, exp.get('input'))}"
+                  "/backbone.pt" if base_method(method) in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
-        dataset_args=dataset_args(cfg, dataset), data_dir=f"{cfg['data']['dir']}/{dataset}",
+        dataset_args=experiment_dataset_args(cfg, exp), data_dir=f"{cfg['data']['dir']}/{dataset}",
         backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
         method=method, method_args={k: v for k, v in exp["methods"][method].items() if k != "addons"},
         addons=copy.deepcopy(exp["methods"][method].get("addons") or {}),
@@ -480,6 +506,7 @@ class Pretrain:
     label: str
     seed: int
     out_dir: str
+    input_crop: dict | None = None      # the experiments' `input` transform
 
 
 def iter_pretrains(cfg: dict) -> list[Pretrain]:
@@ -490,9 +517,11 @@ def iter_pretrains(cfg: dict) -> list[Pretrain]:
         if not any(base_method(m) in PRETRAINED_METHODS for m in exp["methods"]):
             continue
         for seed in cfg["seeds"]:
-            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed)
+            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed, exp.get("input"))
             out.setdefault(d, Pretrain(exp["dataset"], exp["backbone"], dict(exp["backbone_args"]),
-                                       backbone_label(exp["backbone"], exp["backbone_args"]), seed, d))
+                                       backbone_label(exp["backbone"], exp["backbone_args"])
+                                       + input_label(exp.get("input")), seed, d,
+                                       dict(exp["input"]) if exp.get("input") else None))
     return list(out.values())
 
 
@@ -505,8 +534,11 @@ def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> Pretrain
                           f"(only experiments listing {', '.join(sorted(PRETRAINED_METHODS))} do); "
                           f"needed: {', '.join(known) or '(none)'}")
     p = found[0]
+    args = dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset))
+    if p.input_crop:
+        args["input"] = dict(p.input_crop)
     return PretrainConfig(
-        dataset=dataset, dataset_args=dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset)),
+        dataset=dataset, dataset_args=args,
         data_dir=f"{cfg['data']['dir']}/{dataset}", backbone=p.backbone, backbone_args=dict(p.backbone_args),
         seed=seed, pretrain=pretrain_settings(cfg, dataset, p.backbone),
         val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)

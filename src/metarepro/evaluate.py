@@ -198,7 +198,7 @@ def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
     if "cml" not in (run.addons or {}) or not state.get("addons"):
         return None
     spec = datasets.get(run.dataset)
-    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir),
+    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir, run.dataset_args),
                           1 if spec.task_type == "regression" else run.ways)
     extras.terms.load_state_dict(state["addons"])
     term = next(t for t in extras.terms if t.name == "cml")
@@ -255,7 +255,7 @@ def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> d
     shared = overlap(datasets.class_names(run.data_dir, "train"), datasets.class_names(target_dir, TEST_SPLIT))
     if shared:
         raise MetareproError(overlap_error(run.dataset, target, shared))
-    shape = state.get("input_shape") or list(datasets.input_shape(run.dataset, run.data_dir))
+    shape = state.get("input_shape") or list(datasets.input_shape(run.dataset, run.data_dir, run.dataset_args))
     norm = state["normalization"] if "normalization" in state else datasets.normalization(run.dataset, run.data_dir)
     return {"source": run.dataset, "target": target, "input_shape": list(shape),
             "target_image_shape": list(datasets.input_shape(target, target_dir)),

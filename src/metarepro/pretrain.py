@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import data as datasets
 from . import models
 from .config import PretrainConfig
+from .data.episodes import resize_center_crop
 from .data.store import ImageSplit
 from .methods.protonet import class_means
 from .runtime import load_backbone, load_resume_state, write_outputs
@@ -51,8 +52,9 @@ class TrainImages:
     """The meta-train split as a flat classification set of len(images) * rotations (image, rotation) pairs."""
 
     def __init__(self, split: ImageSplit, rotations: bool, mean: tuple[float, ...] | None,
-                 std: tuple[float, ...] | None) -> None:
+                 std: tuple[float, ...] | None, input_crop: dict | None = None) -> None:
         self.split = split
+        self.input_crop = dict(input_crop) if input_crop else None    # the episodes' transform (no augmentation)
         self.n_rot = 4 if rotations else 1
         self.size = len(split.images) * self.n_rot
         self.n_classes = split.n_classes * self.n_rot
@@ -67,6 +69,8 @@ class TrainImages:
         if self.n_rot > 1:   # same direction as ImageEpisodes (axes H, W)
             imgs = np.stack([np.rot90(im, k=int(r), axes=(0, 1)) for im, r in zip(imgs, rot)])
         x = torch.from_numpy(np.ascontiguousarray(imgs)).float().div_(255.0).permute(0, 3, 1, 2)  # (B, C, H, W)
+        if self.input_crop is not None:
+            x = resize_center_crop(x, **self.input_crop)
         y = torch.from_numpy(self.split.labels[img] * self.n_rot + rot)
         return (x - self.mean) / self.std, y
 
@@ -90,7 +94,8 @@ class BatchSchedule:
 
 def build_classifier(cfg: PretrainConfig, n_classes: int) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    return models.build(cfg.backbone, datasets.input_shape(cfg.dataset, cfg.data_dir), n_classes, **cfg.backbone_args)
+    return models.build(cfg.backbone, datasets.input_shape(cfg.dataset, cfg.data_dir, cfg.dataset_args), n_classes,
+                        **cfg.backbone_args)
 
 
 def fewshot_accuracy(features: nn.Module, episodes: Any, n: int, device: str) -> tuple[float, float]:
@@ -119,7 +124,8 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     spec = datasets.get(cfg.dataset)
     split = datasets.cached_split(str(Path(cfg.data_dir)), "train")
     stats = datasets.train_stats(str(Path(cfg.data_dir))) if spec.normalize else (None, None)
-    images = TrainImages(split, bool(cfg.dataset_args.get("rotations", False)), *stats)
+    images = TrainImages(split, bool(cfg.dataset_args.get("rotations", False)), *stats,
+                         input_crop=cfg.dataset_args.get("input"))
     schedule = BatchSchedule(images.size, pt["batch_size"], cfg.seed)
     total = max(1, math.ceil(pt["epochs"] * images.size / pt["batch_size"]))
     model = build_classifier(cfg, images.n_classes).to(device)

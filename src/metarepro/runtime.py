@@ -29,7 +29,8 @@ def build_learner(run: RunConfig) -> MetaLearner:
     spec = datasets.get(run.dataset)
     torch.manual_seed(run.seed)
     out_dim = 1 if spec.task_type == "regression" else run.ways
-    model = models.build(run.backbone, datasets.input_shape(run.dataset, run.data_dir), out_dim, **run.backbone_args)
+    model = models.build(run.backbone, datasets.input_shape(run.dataset, run.data_dir, run.dataset_args), out_dim,
+                         **run.backbone_args)
     return methods.build(run.method, model, spec.task_type, **run.method_args)
 
 

@@ -111,7 +111,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     learner.train()
     trainable = [p for p in learner.parameters() if p.requires_grad]
     # add-ons named after the method (`maml+cml+ht`): the sampler, the aggregator, outer-loss terms (own parameters)
-    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir),
+    extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir, run.dataset_args),
                           1 if learner.task_type == "regression" else run.ways)
     extras.terms.to(device)
     # Baselines have nothing to meta-train: 0 iterations, no optimizer (Adam rejects an empty parameter list);
@@ -225,7 +225,7 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
              "numerics": numerics.describe(),
              # the input normalisation the model was trained with (cross-domain evaluation applies it to the target)
              "normalization": datasets.normalization(run.dataset, run.data_dir),
-             "input_shape": list(datasets.input_shape(run.dataset, run.data_dir))}
+             "input_shape": list(datasets.input_shape(run.dataset, run.data_dir, run.dataset_args))}
     if len(top) > 1:
         # MAML++'s test-time ensemble: evaluation averages these members' query logits (`state` is the first)
         final["ensemble"] = [{"iteration": t["iteration"], "val_mean": t["val_mean"], "state": t["state"]}

@@ -360,7 +360,7 @@ def test_pretraining_settings_may_differ_per_backbone_and_aliases_stay_apart() -
     method blocks gets each method's own defaults."""
     paper = load_config(REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml")
     conv = resolve_pretrain(paper, "miniimagenet", "conv4-32", 0).pretrain
-    res = resolve_pretrain(paper, "miniimagenet", "resnet12-w64x128x256x512", 0).pretrain
+    res = resolve_pretrain(paper, "miniimagenet", "resnet12-w64x128x256x512-in92c80", 0).pretrain
     assert "backbones" not in conv and "backbones" not in res
     assert (conv["optimizer"], conv["lr"], conv["momentum"], conv["batch_size"]) == ("sgd", 0.01, 0.0, 32)
     assert (res["optimizer"], res["lr"], res["nesterov"], res["weight_decay"], res["lr_step_epochs"], res["lr_gamma"],

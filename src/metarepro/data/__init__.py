@@ -89,7 +89,8 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     data = cached_split(str(Path(data_dir)), split)
     shape, norm = model_input if model_input is not None else (None, normalization(dataset, data_dir))
     return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
-                         out_shape=shape, mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
+                         out_shape=shape, mean=norm["mean"] if norm else None, std=norm["std"] if norm else None,
+                         input_crop=dataset_args.get("input"))
 
 
 def class_names(data_dir: str, split: str) -> list[str]:
@@ -97,11 +98,13 @@ def class_names(data_dir: str, split: str) -> list[str]:
     return [str(c) for c in cached_split(str(Path(data_dir)), split).class_names]
 
 
-def input_shape(dataset: str, data_dir: str) -> tuple[int, ...]:
+def input_shape(dataset: str, data_dir: str, dataset_args: dict | None = None) -> tuple[int, ...]:
+    """The model's input shape (C, H, W): the prepared images', or the crop of the run's `input` transform."""
     if get(dataset).generated:
         return (1,)
     h, w, c = cached_split(str(Path(data_dir)), "train").images.shape[1:]
-    return (c, h, w)
+    crop = ((dataset_args or {}).get("input") or {}).get("crop")
+    return (c, crop, crop) if crop else (c, h, w)
 
 
 __all__ = ["DATASETS", "DatasetSpec", "get", "episodes", "input_shape", "eval_seed", "normalization", "class_names",

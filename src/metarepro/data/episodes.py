@@ -23,7 +23,8 @@ class ImageEpisodes:
 
     def __init__(self, split: ImageSplit, ways: int, shots: int, queries: int, seed: int,
                  rotations: bool = False, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, out_shape: Sequence[int] | None = None) -> None:
+                 std: Sequence[float] | None = None, out_shape: Sequence[int] | None = None,
+                 input_crop: dict | None = None) -> None:
         self.split, self.ways, self.shots, self.queries, self.seed = split, ways, shots, queries, seed
         self.n_rot = 4 if rotations else 1
         self.n_classes = split.n_classes * self.n_rot
@@ -35,6 +36,8 @@ class ImageEpisodes:
         # out_shape (C, H, W): convert images to another model's input (cross-domain evaluation); then mean/std
         # are that model's (its training data's) statistics, with its channel count
         self.out_shape = tuple(out_shape) if out_shape is not None else None
+        # input_crop {resize, crop}: the model's own input transform (MTL's 80x80 miniImageNet), applied first
+        self.input_crop = dict(input_crop) if input_crop else None
         c = self.out_shape[0] if self.out_shape is not None else split.images.shape[-1]
         self.mean = torch.tensor(mean if mean is not None else [0.0] * c, dtype=torch.float32).view(1, c, 1, 1)
         self.std = torch.tensor(std if std is not None else [1.0] * c, dtype=torch.float32).view(1, c, 1, 1)
@@ -70,6 +73,8 @@ class ImageEpisodes:
             imgs = np.stack([np.rot90(imgs[i], k=int(r), axes=(1, 2)) for i, r in enumerate(rots)])
         x = torch.from_numpy(np.ascontiguousarray(imgs)).float().div_(255.0)
         x = x.permute(0, 1, 4, 2, 3)                         # (ways, S+Q, C, H, W)
+        if self.input_crop is not None:
+            x = resize_center_crop(x.flatten(0, 1), **self.input_crop).unflatten(0, x.shape[:2])
         if self.out_shape is not None and tuple(x.shape[2:]) != self.out_shape:
             x = convert_images(x.flatten(0, 1), self.out_shape).unflatten(0, x.shape[:2])
         x = (x - self.mean.unsqueeze(0)) / self.std.unsqueeze(0)
@@ -104,6 +109,23 @@ def convert_images(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True,
                                             align_corners=False).clamp_(0.0, 1.0)
     return x.contiguous()
+
+
+def resize_center_crop(x: torch.Tensor, crop: int, resize: int | None = None) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] -> (N, C, crop, crop): the shorter side resized to `resize` (bilinear,
+    antialiased when shrinking; None: no resize), then the centre crop, top-left at round((size - crop) / 2) --
+    torchvision's Resize(resize) + CenterCrop(crop), the test-time transform of MTL's official code."""
+    if resize is not None:
+        h, w = x.shape[-2:]
+        size = (resize, max(1, int(resize * w / h))) if h <= w else (max(1, int(resize * h / w)), resize)
+        if tuple(x.shape[-2:]) != size:
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
+                                                align_corners=False).clamp_(0.0, 1.0)
+    h, w = x.shape[-2:]
+    if crop > min(h, w):
+        raise ValueError(f"input crop {crop} exceeds the {h}x{w} images" + (f" resized to {resize}" if resize else ""))
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return x[..., top:top + crop, left:left + crop].contiguous()
 
 
 class SinusoidEpisodes:
