@@ -406,3 +406,22 @@ def test_tables_state_our_choices_for_the_methods_and_addons_they_show(tmp_path,
     assert "lowest query accuracy" in tables.choices_notes(["mtl@ft+ht"])[1]
     md_path, _ = tables.make_table([a], tmp_path / "m.md", "m", paper)
     assert "Our choices" not in md_path.read_text()
+
+
+def test_inner_steps_figure_draws_a_method_without_steps_as_a_level(tmp_path, monkeypatch):
+    """I-AMFS's closed-form solve has no inner steps: its score is a dashed level across the panel, from step 0 to
+    the last step of the stepped methods, not one dot at step 0."""
+    maml = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(90, 5))
+    amfs = write_eval(tmp_path, "omniglot", "amfs", 5, 1, 0, alternating(91, 5),
+                      by_step={"0": {"mean": 91.0, "ci95": 0.4}})
+    shown = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, profiles: shown.append(fig) or Path(out))
+    figures.figure_inner_steps([maml, amfs], tmp_path / "f.png")
+    (ax,) = [a for a in shown[0].axes if a.get_visible()]
+    levels = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    assert len(levels) == 1
+    (segment,) = levels[0].get_segments()
+    assert segment.tolist() == [[0.0, 91.0], [3.0, 91.0]] and levels[0].get_linestyle()[0][1] is not None
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["MAML (1 seed)", "AMFS (1 seed; no inner steps)"]
+    assert [len(line.get_xdata()) for line in ax.lines if line.get_label() == "MAML (1 seed)"] == [4]

@@ -220,12 +220,21 @@ def figure_inner_steps(eval_paths: Sequence[str | os.PathLike], out: str | os.Pa
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4.2 * nrow), squeeze=False)
     for ax, ((ds, ways, shots), gs) in zip(axes.flat, panels.items()):
+        last = max((max(g.by_step) for g in gs), default=0) or 1
         for g in gs:
             steps = sorted(g.by_step)
             mean = np.array([g.by_step[s][0] for s in steps])
             ci = np.nan_to_num(np.array([g.by_step[s][1] for s in steps], dtype=float))
-            sns.lineplot(x=steps, y=mean, ax=ax, marker="o", color=palette[g.method],
-                         label=f"{g.label} ({len(g.evals)} seed{'s' if len(g.evals) > 1 else ''})", errorbar=None)
+            seeds = f"{len(g.evals)} seed{'s' if len(g.evals) > 1 else ''}"
+            if steps == [0]:
+                # no inner steps (a closed-form solve such as I-AMFS's, or a metric method): a dashed level
+                # across the panel, so it reads against the stepped methods at every step count
+                ax.hlines(mean[0], 0, last, colors=[palette[g.method]], linestyles="--",
+                          label=f"{g.label} ({seeds}; no inner steps)")
+                ax.fill_between([0, last], mean[0] - ci[0], mean[0] + ci[0], color=palette[g.method], alpha=0.12)
+                continue
+            sns.lineplot(x=steps, y=mean, ax=ax, marker="o", color=palette[g.method], label=f"{g.label} ({seeds})",
+                         errorbar=None)
             ax.fill_between(steps, mean - ci, mean + ci, color=palette[g.method], alpha=0.2)
         metric = gs[0].metric
         ax.set(title=f"{DATASET_LABELS.get(ds, ds)} {setting_label(ds, ways, shots)}",
