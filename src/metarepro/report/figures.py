@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -82,53 +82,63 @@ def _run_label(cfg: dict) -> str:
 
 def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                   paper: str | os.PathLike | None = None) -> Path:
-    """Meta-training loss and validation metric vs iteration; one row per dataset, one line per run. With `paper`
-    (config/paper_results.csv), each run's published test number is a dashed line in the run's colour on the
-    validation panel (matched as in the tables: dataset, ways, shots, metric, method label)."""
+    """Meta-training loss and validation metric vs iteration; one row per dataset and setting (1-shot and 5-shot
+    apart), one line per run, one colour per method across the figure, one legend per row beside its panels. With
+    `paper` (config/paper_results.csv), each run's published test number is a dashed line in the run's colour on the
+    validation panel (matched as in the tables: dataset, ways, shots, metric, method label). Runs without
+    meta-training (0 iterations, e.g. a pretrained baseline) have no curve and are left out."""
     runs = [load_run_dir(d) for d in run_dirs]
     published = load_paper_results(paper) if paper else []
     if not runs:
         raise MetareproError("figure --kind curves needs at least one run directory")
-    datasets = sorted({c["dataset"] for c, _ in runs}, key=lambda d: (DATASET_ORDER + [d]).index(d))
+    runs = [(c, log) for c, log in runs if log["meta_loss"].notna().any() or log["val_mean"].notna().any()] or runs
+    order = DATASET_ORDER + sorted({c["dataset"] for c, _ in runs})
+    rows = sorted({(c["dataset"], int(c["ways"]), int(c["shots"])) for c, _ in runs},
+                  key=lambda k: (order.index(k[0]), k[1], k[2]))
+    methods = list(dict.fromkeys(str(c["method"]) for c, _ in runs))
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4 * len(datasets)), squeeze=False)
-    for row, ds in enumerate(datasets):
+    # a third, blank column per row holds that row's legend, so long method lists never cover the curves
+    fig, axes = plt.subplots(len(rows), 3, figsize=(17, 3.8 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.0, 1.0, 0.8]})
+    for (ds, ways, shots), (ax_loss, ax_val, ax_legend) in zip(rows, axes):
         metric = "mse" if ds == "sinusoid" else "accuracy"
-        ax_loss, ax_val = axes[row]
-        these = [(c, log) for c, log in runs if c["dataset"] == ds]
-        palette = sns.color_palette("colorblind", len(these))
-        for (cfg, log), color in zip(these, palette):
-            label = _run_label(cfg)
+        these = [(c, log) for c, log in runs if (c["dataset"], int(c["ways"]), int(c["shots"])) == (ds, ways, shots)]
+        several = {m for m in methods if sum(str(c["method"]) == m for c, _ in these) > 1}
+        for cfg, log in these:
+            method = str(cfg["method"])
+            color = palette[method]
+            label = method_label(method) + (f", seed {cfg['seed']}" if method in several else "")
             tr = log.dropna(subset=["meta_loss"])
-            window = max(1, len(tr) // 50)
-            smooth = tr["meta_loss"].rolling(window, min_periods=1).mean()
-            ax_loss.plot(tr["iteration"], tr["meta_loss"], color=color, alpha=0.2, linewidth=0.8)
-            sns.lineplot(x=tr["iteration"], y=smooth, ax=ax_loss, color=color, label=label, linewidth=1.6,
-                         errorbar=None)
+            if len(tr):
+                window = max(1, len(tr) // 50)
+                smooth = tr["meta_loss"].rolling(window, min_periods=1).mean()
+                ax_loss.plot(tr["iteration"], tr["meta_loss"], color=color, alpha=0.2, linewidth=0.8)
+                ax_loss.plot(tr["iteration"], smooth, color=color, linewidth=1.6, label=label)
             val = log.dropna(subset=["val_mean"])
             if len(val):
-                sns.lineplot(x=val["iteration"], y=val["val_mean"], ax=ax_val, color=color, label=label,
-                             marker="o", linewidth=1.6, errorbar=None)
+                ax_val.plot(val["iteration"], val["val_mean"], color=color, marker="o", linewidth=1.6, label=label)
                 ci = val["val_ci95"].fillna(0.0)
                 ax_val.fill_between(val["iteration"], val["val_mean"] - ci, val["val_mean"] + ci,
                                     color=color, alpha=0.2)
             seen = set()
-            for p in match_paper(Group(ds, int(cfg["ways"]), int(cfg["shots"]), str(cfg["method"]), metric, []),
-                                 published):
+            for p in match_paper(Group(ds, ways, shots, method, metric, []), published):
                 if p.value not in seen:
                     seen.add(p.value)
                     ax_val.axhline(p.value, color=color, linestyle="--", linewidth=1.2,
-                                   label=f"{method_label(str(cfg['method']))}: published {p.value_text} ({p.paper})")
-        name = DATASET_LABELS.get(ds, ds)
-        ax_loss.set(title=f"{name}: meta-training loss (faint: raw; solid: moving average)",
-                    xlabel="meta-iteration", ylabel="meta loss (query set)")
-        ax_val.set(title=f"{name}: validation (mean ± 95% CI)" + ("; dashed: published test score" if published
-                                                                      else ""), xlabel="meta-iteration",
-                   ylabel=_metric_label(metric, "validation"))
+                                   label=f"{method_label(method)}: published {p.value_text} ({p.paper})")
+        name = f"{DATASET_LABELS.get(ds, ds)} {setting_label(ds, ways, shots)}"
+        ax_loss.set(title=f"{name}: meta-training loss", xlabel="meta-iteration", ylabel="meta loss (query set)")
+        ax_val.set(title=f"{name}: validation", xlabel="meta-iteration", ylabel=_metric_label(metric, "validation"))
+        handles: dict[str, Any] = {}
         for ax in (ax_loss, ax_val):
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small")
-    fig.suptitle("Meta-training curves", fontsize="x-large")
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        ax_legend.axis("off")
+        if handles:
+            ax_legend.legend(handles.values(), handles.keys(), fontsize="small", loc="center left", frameon=False)
+    fig.suptitle("Meta-training curves: loss (faint: raw, solid: moving average), validation (mean ± 95% CI)"
+                 + ("; dashed: published test score" if published else ""), fontsize="large")
     fig.tight_layout()
     return _save(fig, out, [str(c.get("profile", "unknown")) for c, _ in runs])
 
