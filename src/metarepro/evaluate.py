@@ -136,7 +136,11 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         "git_revision": git_revision(),
         "checkpoint": {"iteration": state["best_iteration"], "val_mean": state["val_mean"],
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
+        # what inference uses, and what meta-training learned: the add-ons' own parameters too (CML's co-learner,
+        # dropped at test), for tables of parameters against accuracy
         "parameters": sum(p.numel() for p in learner.parameters()),
+        "meta_trained_parameters": sum(p.numel() for p in learner.parameters())
+        + (sum(p.numel() for p in colearner.parameters()) if colearner is not None else 0),
     }
     if dagger is not None:
         # CML†: the same adapted learner's query features classified by the co-learner instead of the head

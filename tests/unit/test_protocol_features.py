@@ -201,6 +201,10 @@ def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_pa
     learner, run_cfg, state = load_learner(tmp_path / "run" / "model.pt")
     term = trained_colearner(learner, run_cfg, state, "cpu")
     assert torch.equal(term.head[0].weight, state["addons"]["0.head.0.weight"])
+    # inference counts the learner's parameters; what was meta-trained adds the co-learner's
+    n_learner = sum(p.numel() for p in learner.parameters())
+    assert ev["parameters"] == n_learner
+    assert ev["meta_trained_parameters"] == n_learner + sum(p.numel() for p in term.parameters()) > n_learner
     eps = datasets.episodes("omniglot", run_cfg.dataset_args, run_cfg.data_dir, "test", 5, 1, 1,
                             datasets.eval_seed(0, "omniglot", "test", 5, 1))
     task = eps.episode(0)

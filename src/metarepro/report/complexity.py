@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config import ADDON_KINDS, split_method
 from ..utils import MetareproError, write_text_atomic
 from ..stats import seed_mean_ci95
 from .inputs import _is_number, load_eval, read_run_config
@@ -24,7 +25,7 @@ EVAL_NUMBERS = ("parameters", "adapt_time_per_task_s", "peak_memory_mb")      # 
 PROVENANCE_NUMBERS = ("wall_time_s", "peak_memory_mb")                        # written by train.write_outputs
 CSV_COLUMNS = [
     "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "seeds",
-    "parameters", "reference_method", "parameters_vs_reference", "parameters_vs_reference_pct", "metric",
+    "parameters", "meta_trained_parameters", "reference_method", "parameters_vs_reference", "parameters_vs_reference_pct", "metric",
     "test_mean", "test_ci95",
     "train_iterations", "train_wall_time_s", "train_s_per_iteration", "val_every", "val_episodes",
     "adapt_ms_per_task", "eval_episodes", "curve_episodes", "eval_inner_steps",
@@ -57,6 +58,7 @@ class RunCost:
     train_device: str
     eval_device: str
     metric: str = "accuracy"
+    meta_trained_parameters: int | None = None   # + the add-ons' own parameters (CML's co-learner); None: unknown
     test_mean: float = float("nan")     # the run's test score (eval.json mean), for parameters against accuracy
 
     @property
@@ -119,7 +121,17 @@ def load_run_cost(run_dir: str | os.PathLike) -> RunCost:
         eval_inner_steps=ev.get("inner_steps", ""), eval_peak_memory_mb=float(ev["peak_memory_mb"]),
         eval_peak_gpu_memory_mb=float(gpu) if _is_number(gpu) else None,
         train_device=str(prov.get("device", "")), eval_device=str(ev.get("device", "")),
-        metric=str(ev.get("metric", "accuracy")), test_mean=float(ev["mean"]) if _is_number(ev.get("mean")) else float("nan"))
+        metric=str(ev.get("metric", "accuracy")), test_mean=float(ev["mean"]) if _is_number(ev.get("mean")) else float("nan"),
+        meta_trained_parameters=_meta_trained_parameters(ev, str(cfg["method"])))
+
+
+def _meta_trained_parameters(ev: dict, method: str) -> int | None:
+    """eval.json's `meta_trained_parameters`; for an evaluation written before it existed, `parameters` when the
+    method has no outer-loss term of its own (nothing is dropped at test), else unknown (None)."""
+    if _is_number(ev.get("meta_trained_parameters")):
+        return int(ev["meta_trained_parameters"])
+    terms = [a for a in split_method(method)[2] if ADDON_KINDS.get(a) == "term"]
+    return None if terms else int(ev["parameters"])
 
 
 # ----------------------------------------------------------------------------- rows
@@ -168,6 +180,7 @@ def build_rows(costs: Sequence[RunCost]) -> list[dict]:
             "setting": setting_label(dataset, ways, shots), "method": method, "method_label": method_label(method),
             "backbone": _join_unique(c.backbone for c in cs), "profile": _join_unique(c.profile for c in cs),
             "seeds": " ".join(str(c.seed) for c in cs), "parameters": _parameters(cs),
+            "meta_trained_parameters": _mean([c.meta_trained_parameters for c in cs]),
             "metric": _join_unique(c.metric for c in cs), **_test_score(cs),
             "train_iterations": _join_unique(c.iterations for c in cs),
             "train_wall_time_s": _mean([c.train_wall_time_s for c in cs]),
@@ -226,7 +239,8 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
     return f"{text} ({delta:+,.0f})"
 
 
-HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Test score", "Meta-train s / iteration",
+HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Meta-trained parameters", "Test score",
+          "Meta-train s / iteration",
           "Adaptation ms / task", "Test inner steps", "Train peak memory (MB)", "Eval peak memory (MB)", "Eval device"]
 
 
@@ -235,7 +249,8 @@ def _md_cells(r: dict) -> list[str]:
     if r["_is_ref"] and r["method"] != REFERENCE_METHOD:
         ratio = f"reference ({r['method']})"
     return [DATASET_LABELS.get(r["dataset"], r["dataset"]), r["setting"], r["method_label"], r["backbone"],
-            _fmt_params(r["parameters"]), ratio, _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
+            _fmt_params(r["parameters"]), ratio,
+            DASH if r["meta_trained_parameters"] is None else _fmt_params(r["meta_trained_parameters"]), _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
             _fmt(r["adapt_ms_per_task"], 1), _fmt_steps(r["eval_inner_steps"]),
             _fmt(r["train_peak_memory_mb"], 0), _fmt(r["eval_peak_memory_mb"], 0), r["eval_device"] or DASH]
 
@@ -269,7 +284,9 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         "parameters: network initialisation plus each method's own, e.g. PAMELA's Q_j and P^w, Meta-SGD's "
         "learning rates), from eval.json `parameters`. `vs MAML` is the difference to MAML in the same dataset, "
         "setting and backbone (the `maml` run, else the variant labelled MAML, e.g. `pamela@maml`), in percent "
-        "and in parameters; `—` when the report has no such MAML run.",
+        "and in parameters; `—` when the report has no such MAML run. `Meta-trained parameters` adds what "
+        "meta-training learns beyond the inference model, the add-ons' own parameters (CML's co-learner, dropped "
+        "at test), from eval.json `meta_trained_parameters`: the count to hold parameter-matched controls to.",
         "- **Machine-dependent:** the times and memory come from whatever machine ran each job (eval.json "
         f"`device`; here: {devices}) and are comparable only between rows run on the same machine. "
         "`Meta-train s / iteration` = the training job's wall time (config.yaml `provenance.wall_time_s`, summed "
