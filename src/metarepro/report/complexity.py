@@ -25,7 +25,8 @@ EVAL_NUMBERS = ("parameters", "adapt_time_per_task_s", "peak_memory_mb")      # 
 PROVENANCE_NUMBERS = ("wall_time_s", "peak_memory_mb")                        # written by train.write_outputs
 CSV_COLUMNS = [
     "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "seeds",
-    "parameters", "meta_trained_parameters", "reference_method", "parameters_vs_reference", "parameters_vs_reference_pct", "metric",
+    "parameters", "meta_trained_parameters", "reference_method", "parameters_vs_reference",
+    "parameters_vs_reference_pct", "metric",
     "test_mean", "test_ci95",
     "train_iterations", "train_wall_time_s", "train_s_per_iteration", "val_every", "val_episodes",
     "adapt_ms_per_task", "eval_episodes", "curve_episodes", "eval_inner_steps",
@@ -121,7 +122,8 @@ def load_run_cost(run_dir: str | os.PathLike) -> RunCost:
         eval_inner_steps=ev.get("inner_steps", ""), eval_peak_memory_mb=float(ev["peak_memory_mb"]),
         eval_peak_gpu_memory_mb=float(gpu) if _is_number(gpu) else None,
         train_device=str(prov.get("device", "")), eval_device=str(ev.get("device", "")),
-        metric=str(ev.get("metric", "accuracy")), test_mean=float(ev["mean"]) if _is_number(ev.get("mean")) else float("nan"),
+        metric=str(ev.get("metric", "accuracy")),
+        test_mean=float(ev["mean"]) if _is_number(ev.get("mean")) else float("nan"),
         meta_trained_parameters=_meta_trained_parameters(ev, str(cfg["method"])))
 
 
@@ -250,7 +252,8 @@ def _md_cells(r: dict) -> list[str]:
         ratio = f"reference ({r['method']})"
     return [DATASET_LABELS.get(r["dataset"], r["dataset"]), r["setting"], r["method_label"], r["backbone"],
             _fmt_params(r["parameters"]), ratio,
-            DASH if r["meta_trained_parameters"] is None else _fmt_params(r["meta_trained_parameters"]), _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
+            DASH if r["meta_trained_parameters"] is None else _fmt_params(r["meta_trained_parameters"]),
+            _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
             _fmt(r["adapt_ms_per_task"], 1), _fmt_steps(r["eval_inner_steps"]),
             _fmt(r["train_peak_memory_mb"], 0), _fmt(r["eval_peak_memory_mb"], 0), r["eval_device"] or DASH]
 
