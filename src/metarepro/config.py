@@ -431,27 +431,26 @@ def backbone_label(backbone: str, backbone_args: dict) -> str:
     return "-".join(parts)
 
 
-def input_label(input_crop: dict | None) -> str:
-    """'' without an input transform; '-in92c80' for {resize: 92, crop: 80}, '-inc80' for {crop: 80}."""
-    if not input_crop:
-        return ""
-    return f"-in{input_crop.get('resize', '')}c{input_crop['crop']}"
+def pretrain_label(backbone: str, backbone_args: dict, input_crop: dict | None = None) -> str:
+    """The pretrain folder's name: the backbone label, plus '-in92c80' for an `input` transform {resize: 92,
+    crop: 80} ('-inc80' for {crop: 80})."""
+    label = backbone_label(backbone, backbone_args)
+    return label + (f"-in{input_crop.get('resize', '')}c{input_crop['crop']}" if input_crop else "")
 
 
 def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, seed: int,
                  input_crop: dict | None = None) -> str:
-    """{results_dir}/{dataset}/pretrain/{backbone label}[-in<resize>c<crop>]/seed{seed}: one pretraining per
-    dataset, backbone, input transform and seed."""
-    return (f"{cfg['results_dir']}/{dataset}/pretrain/{backbone_label(backbone, backbone_args)}"
-            f"{input_label(input_crop)}/seed{seed}")
+    """{results_dir}/{dataset}/pretrain/{pretrain label}/seed{seed}: one pretraining per dataset, backbone, input
+    transform and seed."""
+    return f"{cfg['results_dir']}/{dataset}/pretrain/{pretrain_label(backbone, backbone_args, input_crop)}/seed{seed}"
 
 
-def experiment_dataset_args(cfg: dict, exp: dict) -> dict:
-    """The options of an experiment's dataset, plus the experiment's `input` transform when it has one (a run-time
-    transform: it does not change the prepared data, so prepare's options leave it out)."""
-    out = dataset_args(cfg, exp["dataset"])
-    if exp.get("input"):
-        out["input"] = dict(exp["input"])
+def run_dataset_args(cfg: dict, dataset: str, input_crop: dict | None) -> dict:
+    """A dataset's options plus a run's `input` transform when it has one (a run-time transform: it does not change
+    the prepared data, so prepare's options leave it out)."""
+    out = dataset_args(cfg, dataset)
+    if input_crop:
+        out["input"] = dict(input_crop)
     return out
 
 
@@ -471,7 +470,7 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
                   "/backbone.pt" if base_method(method) in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
-        dataset_args=experiment_dataset_args(cfg, exp), data_dir=f"{cfg['data']['dir']}/{dataset}",
+        dataset_args=run_dataset_args(cfg, dataset, exp.get("input")), data_dir=f"{cfg['data']['dir']}/{dataset}",
         backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
         method=method, method_args={k: v for k, v in exp["methods"][method].items() if k != "addons"},
         addons=copy.deepcopy(exp["methods"][method].get("addons") or {}),
@@ -517,11 +516,10 @@ def iter_pretrains(cfg: dict) -> list[Pretrain]:
         if not any(base_method(m) in PRETRAINED_METHODS for m in exp["methods"]):
             continue
         for seed in cfg["seeds"]:
-            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed, exp.get("input"))
+            crop = dict(exp["input"]) if exp.get("input") else None
+            d = pretrain_dir(cfg, exp["dataset"], exp["backbone"], exp["backbone_args"], seed, crop)
             out.setdefault(d, Pretrain(exp["dataset"], exp["backbone"], dict(exp["backbone_args"]),
-                                       backbone_label(exp["backbone"], exp["backbone_args"])
-                                       + input_label(exp.get("input")), seed, d,
-                                       dict(exp["input"]) if exp.get("input") else None))
+                                       pretrain_label(exp["backbone"], exp["backbone_args"], crop), seed, d, crop))
     return list(out.values())
 
 
@@ -534,11 +532,8 @@ def resolve_pretrain(cfg: dict, dataset: str, label: str, seed: int) -> Pretrain
                           f"(only experiments listing {', '.join(sorted(PRETRAINED_METHODS))} do); "
                           f"needed: {', '.join(known) or '(none)'}")
     p = found[0]
-    args = dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset))
-    if p.input_crop:
-        args["input"] = dict(p.input_crop)
     return PretrainConfig(
-        dataset=dataset, dataset_args=args,
+        dataset=dataset, dataset_args=run_dataset_args(cfg, dataset, p.input_crop),
         data_dir=f"{cfg['data']['dir']}/{dataset}", backbone=p.backbone, backbone_args=dict(p.backbone_args),
         seed=seed, pretrain=pretrain_settings(cfg, dataset, p.backbone),
         val_seed=int(cfg["evaluation"]["seed"]), profile=cfg["profile"], out_dir=p.out_dir)

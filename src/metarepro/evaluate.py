@@ -110,6 +110,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     # is timed apart, so that X + CML's inference cost compares with X's
     wall = time.perf_counter() - t0 - dagger_wall
     mean, ci = mean_ci(final)
+    n_params = sum(p.numel() for p in learner.parameters())
     result: dict[str, Any] = {
         "run": run.to_dict(),
         "metric": "accuracy" if learner.task_type == "classification" else "mse",
@@ -138,9 +139,9 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                        "val_ci95": state["val_ci95"], "train_wall_time_s": state["wall_time_s"]},
         # what inference uses, and what meta-training learned: the add-ons' own parameters too (CML's co-learner,
         # dropped at test), for tables of parameters against accuracy
-        "parameters": sum(p.numel() for p in learner.parameters()),
-        "meta_trained_parameters": sum(p.numel() for p in learner.parameters())
-        + (sum(p.numel() for p in colearner.parameters()) if colearner is not None else 0),
+        "parameters": n_params,
+        "meta_trained_parameters": n_params + (sum(p.numel() for p in colearner.parameters())
+                                               if colearner is not None else 0),
     }
     if dagger is not None:
         # CML†: the same adapted learner's query features classified by the co-learner instead of the head

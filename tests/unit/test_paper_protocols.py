@@ -163,13 +163,14 @@ def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
             if "@" not in method:
                 continue
             method = method.split("+")[0]       # add-ons (`+cml`) do not change the variant's switches
-            if method.split("@")[1] in PROTOCOL_TAGS and method not in VARIANT_SWITCHES:
-                continue            # a protocol, not an ablation: test_cml_protocol checks it
+            protocol = method.split("@")[1] in PROTOCOL_TAGS     # a protocol, not an ablation: test_cml_protocol
+            if protocol and method not in VARIANT_SWITCHES:
+                continue
             assert method in VARIANT_SWITCHES, f"{name}.{method}: a paper.yaml variant without a report label"
             switches = VARIANT_SWITCHES[method]
             assert {k: args[k] for k in switches} == switches, (name, method)
-            if method.split("@")[1] in PROTOCOL_TAGS:
-                continue            # a protocol, not an ablation: test_cml_protocol checks it
+            if protocol:
+                continue
             base = FULL_VARIANT.get(base_method(method), base_method(method))
             full = [e["methods"][base] for e in CFG["experiments"].values()
                     if e["dataset"] == exp["dataset"] and base in e["methods"]

@@ -53,10 +53,6 @@ def _with(runs, ok, what: str, setting: str, kind: str):
     return found
 
 
-def _label(cfg: dict) -> str:
-    return _run_label(cfg)       # the noise control's label says so (report.tables.method_label)
-
-
 def _short(cfg: dict) -> str:
     return f"{method_label(str(cfg['method']))}, {cfg['shots']}-shot"
 
@@ -76,7 +72,7 @@ def _series(runs, column: str, kind: str, title: str, ylabel: str, out, log_y: b
         ax.plot(s["iteration"], s[column], color=color, alpha=0.3, linewidth=0.8)
         w = max(1, len(s) // 15)
         ax.plot(s["iteration"], s[column].rolling(w, min_periods=1).mean(), color=color, linewidth=1.8,
-                label=_label(cfg))
+                label=_run_label(cfg))
     if log_y:
         ax.set_yscale("log")
     ax.set(title=title + " (faint: logged; solid: moving average)", xlabel="meta-iteration", ylabel=ylabel)
@@ -114,7 +110,7 @@ def figure_cml_noise(run_dirs, out) -> Path:
     labels, means, cis = [], [], []
     for (_, cfg, df, ev), color in zip(runs, palette):
         val = df.dropna(subset=["val_mean"])      # accuracies are in percent already
-        ax_val.plot(val["iteration"], val["val_mean"], marker="o", color=color, label=_label(cfg))
+        ax_val.plot(val["iteration"], val["val_mean"], marker="o", color=color, label=_run_label(cfg))
         labels.append(_short(cfg))
         means.append(ev["mean"])
         cis.append(ev["ci95"])

@@ -85,8 +85,9 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     """Meta-training loss and validation metric vs iteration; one row per dataset and setting (1-shot and 5-shot
     apart), one line per run, one colour per method across the figure, one legend per row beside its panels. With
     `paper` (config/paper_results.csv), each run's published test number is a dashed line in the run's colour on the
-    validation panel (matched as in the tables: dataset, ways, shots, metric, method label). Runs without
-    meta-training (0 iterations, e.g. a pretrained baseline) have no curve and are left out."""
+    validation panel (matched as in the tables: dataset, ways, shots, metric, method label). Runs with neither a
+    training loss nor a validation score are left out; a run with no meta-training but a validation of its initial
+    weights (e.g. MTL's theta only) is one point at iteration 0."""
     runs = [load_run_dir(d) for d in run_dirs]
     published = load_paper_results(paper) if paper else []
     if not runs:

@@ -66,16 +66,16 @@ MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "
 # What the add-ons' papers leave open and we chose (the code's docstrings say the same at more length), printed under
 # every table with a run that uses the add-on.
 ADDON_CHOICES: dict[str, str] = {
-    "ht": "the official code never released the hard-task meta-batch; our reading of the paper: after each "
+    "ht": "The official code never released the hard-task meta-batch; our reading of the paper: after each "
           "ordinary meta-batch, each task's class with the lowest query accuracy after adaptation (ties: the "
           "lowest label) joins a pool; once the pool holds N distinct classes, the next meta-iteration trains on "
           "a hard meta-batch (as many tasks as the ordinary one) of N classes drawn from the pool with fresh "
-          "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined",
-    "oamfs": "no code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
-             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0)",
-    "cml": "the co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
+          "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined.",
+    "oamfs": "No code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
+             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0).",
+    "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
            "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
-           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer",
+           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer.",
 }
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
@@ -248,16 +248,17 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
     """Paper rows for the same dataset, shots, ways (not for sinusoid) and metric, whose method is
     our label, an alias of it, or a parenthesised variant of it ("MAML (ResNet-12)")."""
     labels = (g.label,) + PAPER_ALIASES.get(g.label, ())
-    if g.label in PAPER_EXACT:
-        return [p for p in paper if p.method in PAPER_EXACT[g.label] and p.dataset == g.dataset
-                and p.shots == g.shots and p.metric == g.metric and (g.dataset == "sinusoid" or p.ways == g.ways)]
     out = []
     for p in paper:
         if p.dataset != g.dataset or p.shots != g.shots or p.metric != g.metric:
             continue
         if g.dataset != "sinusoid" and p.ways != g.ways:
             continue
-        if p.method.endswith("-shot meta-training)"):
+        if g.label in PAPER_EXACT:
+            # published rows named otherwise, which must not take the parenthesised-variant match
+            if p.method in PAPER_EXACT[g.label]:
+                out.append(p)
+        elif p.method.endswith("-shot meta-training)"):
             # a published model trained at other shots than tested: only our run trained the same way matches
             if p.method in labels:
                 out.append(p)
@@ -450,10 +451,9 @@ def choices_notes(methods: Iterable[str]) -> list[str]:
         base, _, ons = split_method(name.split(TRAIN_SHOTS_TAG)[0])
         bases[base] = None
         addons.update(dict.fromkeys(ons))
-    out = [f"- **Our choices, {METHOD_LABELS[b]}.** {cards()[b].choices[0].upper()}{cards()[b].choices[1:]}"
+    out = [f"- **Our choices, {METHOD_LABELS[b]}.** {cards()[b].choices}"
            for b in bases if b in METHOD_LABELS and cards()[b].choices]
-    out += [f"- **Our choices, {MODIFIER_LABELS.get(a, a)}.** {ADDON_CHOICES[a][0].upper()}{ADDON_CHOICES[a][1:]}."
-            for a in addons if a in ADDON_CHOICES]
+    out += [f"- **Our choices, {MODIFIER_LABELS.get(a, a)}.** {ADDON_CHOICES[a]}" for a in addons if a in ADDON_CHOICES]
     return out
 
 
