@@ -8,7 +8,7 @@ from snakemake.utils import min_version, update_config
 
 min_version("9.0")
 sys.path.insert(0, f"{workflow.basedir}/src")  # torch-free; Snakemake never imports torch
-from metarepro.config import ConfigError, validate_config
+from metarepro.config import ConfigError, command_line_overrides, validate_config
 
 
 configfile: "config/config.yaml"
@@ -29,7 +29,7 @@ _files = ["config/config.yaml", *map(str, workflow.config_settings.configfiles)]
 _config = {}
 for _f in _files:
     _config.update(yaml.safe_load(open(_f)) or {})
-update_config(_config, dict(workflow.config_settings.config))
+update_config(_config, command_line_overrides(dict(workflow.config_settings.config)))
 try:
     config.update(validate_config(_config, source=" + ".join(_files)))
 except ConfigError as e:

@@ -335,6 +335,21 @@ def _cross_domain_problems(name: str, exp: dict) -> list[str]:
     return problems
 
 
+_YAML_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def command_line_overrides(values: dict) -> dict:
+    """`snakemake --config key=value` pairs with YAML's spellings of booleans read as booleans: Snakemake's parser
+    takes only Python's True/False, so `strict_numerics=true` (as users write YAML) would arrive as the string
+    "true". Only top-level keys whose schema type is boolean are converted; anything else is left to validation."""
+    props = load_schema().get("properties", {})
+    out = dict(values)
+    for key, v in values.items():
+        if isinstance(v, str) and (props.get(key) or {}).get("type") == "boolean" and v.lower() in _YAML_BOOLEANS:
+            out[key] = _YAML_BOOLEANS[v.lower()]
+    return out
+
+
 def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
     """Load YAML file(s) (later ones update earlier ones, top-level keys replaced) and validate."""
     cfg: dict = {}

@@ -1,5 +1,13 @@
 """The statistics every table and log uses: the few-shot protocol's 95% CI, the t-CI over seeds, paired tests.
 
+A claim's unit is the training seed. Within one seed, the 95% CI over test episodes measures the test sample only:
+another seed (or another CPU's rounding, which acts like one) moves a short CPU run by as much as the effects the
+add-on papers report. So a comparison of two methods is made per seed on the same test episodes (the mean paired
+difference over the episodes), and its 95% CI is the Student-t interval over those per-seed differences
+(`compare_seeds`; scipy.stats.ttest_1samp): the training seeds as the unit of replication, as Bouthillier et al.
+(2021, "Accounting for Variance in Machine Learning Benchmarks", MLSys) and Colas, Sigaud & Oudeyer (2018, "How
+Many Random Seeds?") recommend. A single seed keeps the episode CI, labelled as such, and is never significant.
+
 Torch-free (the report stage runs without torch). Test quantiles and p-values come from scipy.stats, imported
 where used: it takes about a second to import, and every training and evaluation job imports this module.
 """
@@ -12,6 +20,13 @@ from typing import Sequence
 import numpy as np
 
 Z95 = 1.96     # the few-shot protocol's 95% CI: 1.96 * std / sqrt(n) over test episodes (Finn et al. 2017)
+MIN_CLAIM_SEEDS = 3   # a finding ("X beats Y") needs at least this many training seeds and a CI over them
+SINGLE_SEED = "1 seed: episode CI only"
+
+
+def ci_span(seeds: int, episodes: int | str) -> str:
+    """What a CI spans, as the tables write it: "3 seeds × 600 episodes", or "1 seed: episode CI only"."""
+    return SINGLE_SEED if seeds <= 1 else f"{seeds} seeds × {episodes} episodes"
 
 
 def mean_ci95(x: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -70,6 +85,71 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
         res = _st.ttest_rel(a, b)
         t, p = float(res.statistic), float(res.pvalue)
     return Paired(mean=mean, ci95=Z95 * se, n=n, t=t, p_t=p, p_wilcoxon=wilcoxon_p(d))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison a − b of two methods on the same test episodes, over the training seeds both have.
+
+    mean: the mean over seeds of the per-seed mean paired difference; ci95: the half-width of the 95% Student-t
+    interval over the per-seed differences (one seed: the episode CI of `paired_test`); p: two-sided p of the
+    one-sample t-test of the per-seed differences against 0 (one seed: the episode-paired t-test's, kept for the
+    CSV, never a claim); same_sign: the share of seeds whose difference has the sign of `mean` (None for one seed).
+    """
+    mean: float
+    ci95: float
+    seeds: int
+    episodes: int
+    p: float
+    per_seed: tuple[float, ...]
+    same_sign: float | None
+    p_wilcoxon: float = float("nan")     # one seed only: the episode-paired Wilcoxon test (CSV)
+
+    @property
+    def span(self) -> str:
+        return ci_span(self.seeds, self.episodes)
+
+    @property
+    def significant(self) -> bool:
+        """At least MIN_CLAIM_SEEDS seeds and a 95% CI over them that excludes 0."""
+        return (self.seeds >= MIN_CLAIM_SEEDS and not math.isnan(self.ci95)
+                and abs(self.mean) > self.ci95)
+
+    @property
+    def same_sign_text(self) -> str:
+        """"3/3": seeds whose difference has the mean's sign, of all seeds; "—" for one seed."""
+        if self.same_sign is None:
+            return "—"
+        return f"{round(self.same_sign * self.seeds)}/{self.seeds}"
+
+
+def compare_seeds(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> Comparison:
+    """`pairs`: one (a, b) per training seed, a and b the two methods' per-episode scores on the same episodes.
+    Per seed the mean paired difference; over seeds their mean, Student-t 95% CI and one-sample t-test."""
+    if not pairs:
+        raise ValueError("compare_seeds needs at least one seed's pair of per-episode scores")
+    arrays = [(np.asarray(a, dtype=float), np.asarray(b, dtype=float)) for a, b in pairs]
+    for a, b in arrays:
+        if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+            raise ValueError(f"compare_seeds needs equally long 1-d samples per seed (n >= 2), "
+                             f"got {a.shape} and {b.shape}")
+    episodes = int(arrays[0][0].size)
+    if len(arrays) == 1:
+        p = paired_test(*arrays[0])
+        return Comparison(mean=p.mean, ci95=p.ci95, seeds=1, episodes=episodes, p=p.p_t, per_seed=(p.mean,),
+                          same_sign=None, p_wilcoxon=p.p_wilcoxon)
+    d = np.array([float((a - b).mean()) for a, b in arrays])
+    mean = float(d.mean())
+    if float(d.std(ddof=1)) == 0.0:     # scipy gives NaN: every seed moved by exactly the same amount
+        half, p = 0.0, (1.0 if mean == 0.0 else 0.0)
+    else:
+        from scipy import stats as _st
+        res = _st.ttest_1samp(d, 0.0)
+        lo, hi = res.confidence_interval(0.95)
+        half, p = float(hi - lo) / 2.0, float(res.pvalue)
+    sign = np.sign(mean)
+    return Comparison(mean=mean, ci95=half, seeds=int(d.size), episodes=episodes, p=p,
+                      per_seed=tuple(float(x) for x in d), same_sign=float(np.mean(np.sign(d) == sign)))
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

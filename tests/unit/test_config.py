@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metarepro.config import (PRETRAINED_METHODS, ConfigError, RunConfig, backbone_label, find_experiment,
+from metarepro.config import (PRETRAINED_METHODS, ConfigError, RunConfig, backbone_label, command_line_overrides,
+                              find_experiment,
                               iter_pretrains, iter_runs, load_config, load_schema, resolve_pretrain, resolve_run,
                               run_dir, used_datasets, validate_config)
 
@@ -25,6 +26,7 @@ CONFIGS = {
     "cpu_fidelity": ["config/config.yaml", "config/cpu_fidelity.yaml"],
     "cpu_kernel": ["config/config.yaml", "config/cpu_kernel.yaml"],
     "cpu_cml": ["config/config.yaml", "config/cpu_cml.yaml"],
+    "cpu_claims": ["config/config.yaml", "config/cpu_claims.yaml"],
     "tiny": ["config/config.yaml", "tests/workflow/config.yaml"],
 }
 
@@ -51,7 +53,7 @@ def test_shipped_configs_validate(name: str) -> None:
         assert set(report["experiments"]) <= set(cfg["experiments"])
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu_methods", "cpu_fidelity", "cpu_kernel", "cpu_cml"])
+@pytest.mark.parametrize("name", ["paper", "cpu_methods", "cpu_fidelity", "cpu_kernel", "cpu_cml", "cpu_claims"])
 def test_profiles_and_default_write_to_different_places(name: str) -> None:
     default, other = load_config(REPO / "config/config.yaml"), load_config(*(REPO / r for r in CONFIGS[name]))
     assert default["results_dir"] != other["results_dir"]
@@ -59,6 +61,32 @@ def test_profiles_and_default_write_to_different_places(name: str) -> None:
     assert other["profile"] == name
     # every figure committed to git lies under reports/figures/ (the default's directly, others per profile)
     assert default["figures_dir"] is None and other["figures_dir"] == f"reports/figures/{name}"
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "tiny"])
+def test_shipped_profiles_produce_their_reports_in_strict_numerics(name: str) -> None:
+    """The committed reports must be reproducible bit for bit on another CPU: every shipped profile is strict."""
+    assert load_config(*(REPO / rel for rel in CONFIGS[name]))["strict_numerics"] is True
+
+
+def test_claims_profile_trains_three_seeds_on_the_same_test_episodes() -> None:
+    cfg = load_config(*(REPO / rel for rel in CONFIGS["cpu_claims"]))
+    assert len(cfg["seeds"]) >= 3 and cfg["evaluation"]["seed"] == 0
+    assert {r.seed for r in iter_runs(cfg)} == set(cfg["seeds"])
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("yes", True), ("false", False),
+                                         ("OFF", False)])
+def test_command_line_booleans_take_yaml_spellings(text: str, value: bool) -> None:
+    """`snakemake --config strict_numerics=true` arrives as the string "true" (Snakemake parses only True/False)."""
+    out = command_line_overrides({"strict_numerics": text, "results_dir": "yes"})
+    assert out == {"strict_numerics": value, "results_dir": "yes"}     # only boolean keys are converted
+    assert validate_config({**_raw(), **out})["strict_numerics"] is value
+
+
+def test_command_line_boolean_that_is_no_boolean_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="strict_numerics.*wrong type: expected boolean"):
+        validate_config({**_raw(), **command_line_overrides({"strict_numerics": "maybe"})})
 
 
 def test_defaults_are_filled_in() -> None:

@@ -124,18 +124,23 @@ def test_table_rows_paper_match_ci_logic_and_paired_vs_maml(tmp_path, paper):
     assert float(r1["diff"]) == pytest.approx(-0.2)
     assert r1["paper_in_ci"] == "yes" and r1["backbone"] == "conv4-64" and r1["paper_backbone"] == "conv4-64"
     assert r1["budget"] == "500 it × 8 tasks (default)" and r1["profile"] == "default"
-    assert r1["ci_over"] == f"episodes (n={N})"
+    assert r1["ci_over"] == "1 seed: episode CI only"
     assert rows[1]["paper_in_ci"] == "no"                   # mean ~80 vs 99.9
     assert rows[3]["paper_in_ci"] == "—" and rows[3]["diff"] == ""
     fo = rows[3]
     assert float(fo["vs_maml_diff"]) == pytest.approx(2.0)
     assert float(fo["vs_maml_ci95"]) == pytest.approx(1.96 * math.sqrt(N / (N - 1)) / math.sqrt(N))
     assert int(fo["vs_maml_n"]) == N and float(fo["vs_maml_p_t"]) < 1e-10
+    # one seed: the episode CI, labelled, and never significant however small the episode p
+    assert fo["vs_maml_ci_over"] == "1 seed: episode CI only" and fo["vs_maml_significant"] == "False"
+    assert int(fo["vs_maml_seeds"]) == 1 and fo["vs_maml_same_sign"] == ""
     assert rows[0]["vs_maml_diff"] == ""                    # MAML is the reference
     md = md_path.read_text()
     assert md.startswith("# MAML few-shot\n")
     assert "| Dataset | Setting | Method |" in md and "| Omniglot | 5-way 1-shot | MAML | conv4-64 |" in md
-    assert "98.50 ± 0.40" in md and "98.7 ± 0.4" in md and "+2.00 ± 0.08" in md and "< 0.001 / < 0.001" in md
+    assert "98.50 ± 0.40" in md and "98.7 ± 0.4" in md and "+2.00 ± 0.08" in md
+    assert "| +2.00 ± 0.08 | — | — | no (1 seed: episode CI only) |" in md     # no p, no claim for one seed
+    assert "< 0.001" not in md
     assert "## Notes" in md and "1.96 · std / √n" in md and f"{N} fixed test episodes (15 query" in md
     assert "**default**" in md and "Finn et al. 2017 (MAML): MAML paper Table 1" in md
     assert "Other 2020: Other paper Table 9" in md and str(paper) in md
@@ -154,8 +159,59 @@ def test_several_seeds_use_ci_across_seeds(tmp_path, paper):
     (row,) = read_csv(csv_path)
     assert float(row["ours_mean"]) == pytest.approx(91.0)
     assert float(row["ours_ci95"]) == pytest.approx(12.7062 * math.sqrt(2.0) / math.sqrt(2), rel=1e-4)
-    assert row["ci_over"] == "seeds (n=2)" and row["seeds"] == "0 1"
+    assert row["ci_over"] == f"2 seeds × {N} episodes" and row["seeds"] == "0 1"
     assert "t(0.975, s−1)" in (tmp_path / "t.md").read_text()
+
+
+def test_compare_seeds_by_hand():
+    # per-seed mean differences 1, 2, 3 on the same episodes: mean 2, sd 1, t(0.975, 2) = 4.302653
+    pairs = [(alternating(50 + d, 5), alternating(50, 5)) for d in (1.0, 2.0, 3.0)]
+    c = stats.compare_seeds(pairs)
+    assert (c.mean, c.seeds, c.episodes, c.per_seed) == (pytest.approx(2.0), 3, N, pytest.approx((1.0, 2.0, 3.0)))
+    assert c.ci95 == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)
+    # t = 2 / (1 / sqrt 3); Student-t with 2 df has F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so p = 1 - t / sqrt(2 + t^2)
+    t = 2.0 * math.sqrt(3)
+    assert c.p == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert c.same_sign == 1.0 and c.same_sign_text == "3/3" and c.span == f"3 seeds × {N} episodes"
+    assert not c.significant                                             # same sign on 3/3, but 2 < 2.484
+    tight = stats.compare_seeds([(alternating(50 + d, 5), alternating(50, 5)) for d in (2.0, 2.5, 3.0)])
+    assert tight.ci95 == pytest.approx(4.302653 * 0.5 / math.sqrt(3), abs=1e-5) and tight.significant
+    # a sign flip on one seed: 2/3 seeds share the mean's sign, the CI spans 0, no finding
+    flip = stats.compare_seeds([(alternating(50 + d, 5), alternating(50, 5)) for d in (3.0, 2.0, -1.0)])
+    assert flip.same_sign_text == "2/3" and not flip.significant and flip.ci95 > abs(flip.mean)
+    # two seeds: a CI over seeds, but fewer than the 3 a finding needs
+    two = stats.compare_seeds(pairs[:2])
+    assert two.ci95 == pytest.approx(12.7062 * math.sqrt(0.5) / math.sqrt(2), rel=1e-4) and not two.significant
+    # one seed: the episode CI, labelled, never significant
+    one = stats.compare_seeds(pairs[:1])
+    assert one.span == "1 seed: episode CI only" and one.same_sign is None and not one.significant
+    assert one.ci95 == pytest.approx(0.0) and one.p == 0.0              # a constant +1 on every episode
+    # identical differences on every seed: CI 0, p 0 (scipy would say NaN)
+    const = stats.compare_seeds([(alternating(51, 5), alternating(50, 5))] * 3)
+    assert (const.ci95, const.p, const.significant) == (0.0, 0.0, True)
+
+
+def test_paired_comparison_spans_seeds_not_episodes(tmp_path, paper):
+    """Three seeds whose per-episode differences are each very significant but disagree in sign across seeds:
+    the table's CI spans the seeds, so the comparison is not significant and the reproducibility column says 2/3."""
+    paths = []
+    for seed, delta in [(0, 3.0), (1, 2.0), (2, -1.0)]:
+        ref = alternating(50, 5)
+        paths.append(write_eval(tmp_path, "fc100", "metasgd", 5, 1, seed, ref))
+        paths.append(write_eval(tmp_path, "fc100", "metasgd+cml", 5, 1, seed, ref + delta))
+    md_path, csv_path = tables.make_table(paths, tmp_path / "t.md", "t", paper)
+    rows = {r["method"]: r for r in read_csv(csv_path)}
+    cml = rows["metasgd+cml"]
+    assert cml["paired_with"] == "metasgd" and int(cml["vs_maml_seeds"]) == 3
+    assert float(cml["vs_maml_diff"]) == pytest.approx(4 / 3)
+    d = np.array([3.0, 2.0, -1.0])
+    assert float(cml["vs_maml_ci95"]) == pytest.approx(4.302653 * d.std(ddof=1) / math.sqrt(3), abs=1e-5)
+    assert cml["vs_maml_ci_over"] == f"3 seeds × {N} episodes" and cml["vs_maml_significant"] == "False"
+    assert float(cml["vs_maml_same_sign"]) == pytest.approx(2 / 3)
+    assert [float(x) for x in cml["vs_maml_per_seed"].split()] == pytest.approx([3.0, 2.0, -1.0])
+    assert cml["ci_over"] == f"3 seeds × {N} episodes"
+    md = md_path.read_text()
+    assert "| 2/3 |" in md and f"| no (3 seeds × {N} episodes) |" in md and "ttest_1samp" in md
 
 
 def test_sinusoid_compares_paper_with_one_inner_step(tmp_path, paper):
@@ -425,3 +481,39 @@ def test_inner_steps_figure_draws_a_method_without_steps_as_a_level(tmp_path, mo
     labels = ax.get_legend_handles_labels()[1]
     assert labels == ["MAML (1 seed)", "AMFS (1 seed; no inner steps)"]
     assert [len(line.get_xdata()) for line in ax.lines if line.get_label() == "MAML (1 seed)"] == [4]
+
+
+def test_cross_domain_table_spans_seeds(tmp_path):
+    """Cross-domain rows aggregate over training seeds: in-domain and cross-domain means ± the t-CI over the seed
+    means, and the paired comparisons per seed on the target's episodes, then over seeds."""
+    from metarepro.report import xdomain
+
+    def cross(method: str, seed: int, scores) -> Path:
+        src = write_eval(tmp_path, "cifarfs", method, 5, 1, seed, alternating(60, 5))   # in-domain on the source
+        ev = json.loads(src.read_text())
+        ev.update(per_episode=list(map(float, scores)), mean=float(np.mean(scores)), episode_set="T",
+                  cross_domain={"target": "miniimagenet", "input_shape": [3, 32, 32], "target_image_shape": [3, 32, 32]})
+        path = src.parent / "eval_xdomain_miniimagenet.json"
+        path.write_text(json.dumps(ev))
+        return path
+
+    paths = []
+    for seed, (maml, proto) in enumerate([(40.0, 42.0), (41.0, 44.0), (42.0, 43.0)]):
+        paths += [cross("maml", seed, alternating(maml, 5)), cross("protonet", seed, alternating(proto, 5))]
+        paths += [write_eval(tmp_path, "miniimagenet", "maml", 5, 1, seed, alternating(maml + 1, 5), episode_set="T")]
+    paths += list((tmp_path / "results" / "cifarfs").glob("*/5way1shot/seed*/eval.json"))   # the in-domain runs
+    md_path, csv_path = xdomain.make_xdomain_table(paths, tmp_path / "x.md", "x")
+    rows = {r["method"]: r for r in read_csv(csv_path)}
+    maml, proto = rows["maml"], rows["protonet"]
+    assert maml["seeds"] == "0 1 2" and maml["ci_over"] == f"3 seeds × {N} episodes"
+    assert float(maml["cross_domain_mean"]) == pytest.approx(41.0)
+    assert float(maml["cross_domain_ci95"]) == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)
+    assert float(maml["in_domain_mean"]) == pytest.approx(60.0) and float(maml["in_domain_ci95"]) == 0.0
+    # cross-domain − trained on the target: −1 on every seed (CI 0, significant)
+    assert float(maml["vs_target_trained_diff"]) == pytest.approx(-1.0) and maml["vs_target_trained_significant"] == "True"
+    # ProtoNet − MAML per seed: 2, 3, 1 -> mean 2, sd 1: CI 2.48 spans 0, 3/3 seeds positive
+    assert float(proto["vs_reference_diff"]) == pytest.approx(2.0)
+    assert float(proto["vs_reference_ci95"]) == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)
+    assert proto["vs_reference_significant"] == "False" and float(proto["vs_reference_same_sign"]) == 1.0
+    md = md_path.read_text()
+    assert "| +2.00 ± 2.48 | 3/3 |" in md and f"no (3 seeds × {N} episodes)" in md

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..cards import cards
 from ..config import split_method
-from ..stats import Paired, mean_ci95, paired_test, seed_mean_ci95
+from ..stats import MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test, seed_mean_ci95
 from ..utils import MetareproError, write_text_atomic
 from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, TRAIN_SHOTS_TAG, PaperRow, load_eval,
                      load_paper_results, read_run_config)
@@ -172,15 +172,17 @@ class Group:
 
 def _aggregate_scores(evals: list[dict], per_seed: list[tuple[float, float]],
                       pooled: np.ndarray | None) -> tuple[float, float, str]:
-    """One seed: mean/CI over its episodes. Several: mean of seed means, t-CI across seeds."""
+    """One seed: mean/CI over its episodes ("1 seed: episode CI only"). Several: mean of the seed means, t-CI
+    across them ("3 seeds × 600 episodes")."""
+    episodes = _join_unique(e.get("episodes", "?") for e in evals)
     if len(evals) == 1:
         if pooled is not None and pooled.size >= 2:
             m, c = mean_ci95(pooled)
-            return m, c, f"episodes (n={pooled.size})"
+            return m, c, ci_span(1, pooled.size)
         m, c = per_seed[0]
-        return m, c, f"episodes (n={evals[0].get('episodes', '?')}, from eval.json)"
+        return m, c, ci_span(1, episodes)
     m, c = seed_mean_ci95([p[0] for p in per_seed])
-    return m, c, f"seeds (n={len(evals)})"
+    return m, c, ci_span(len(evals), episodes)
 
 
 def aggregate(evals: list[dict]) -> list[Group]:
@@ -219,29 +221,22 @@ def aggregate(evals: list[dict]) -> list[Group]:
     return out
 
 
-def paired_vs_reference(g: Group, ref: Group) -> Paired | None:
-    """Episode-paired comparison g - ref over the seeds both have, where each seed pair was evaluated
-    on the same episode set. Seeds sharing one episode set are averaged per episode first (their
-    episodes are the same, so they are not independent samples); distinct episode sets are pooled."""
+def paired_vs_reference(g: Group, ref: Group) -> Comparison | None:
+    """Paired comparison g − ref over the training seeds both have (stats.compare_seeds): per seed the mean
+    per-episode difference on the same episode set, then the Student-t CI over seeds (one seed: the episode CI,
+    labelled as such). Seeds evaluated on different episode sets are left out; None when no seed pairs."""
     by_seed_ref = {int(e["run"]["seed"]): e for e in ref.evals}
-    blocks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    pairs = []
     for e in g.evals:
         r = by_seed_ref.get(int(e["run"]["seed"]))
         if r is None or not e.get("per_episode") or not r.get("per_episode"):
             continue
         if e.get("episode_set") is None or e.get("episode_set") != r.get("episode_set"):
             continue
-        if len(e["per_episode"]) != len(r["per_episode"]):
+        if len(e["per_episode"]) != len(r["per_episode"]) or len(e["per_episode"]) < 2:
             continue
-        blocks.setdefault(str(e["episode_set"]), []).append(
-            (np.asarray(e["per_episode"], dtype=float), np.asarray(r["per_episode"], dtype=float)))
-    if not blocks:
-        return None
-    a = np.concatenate([np.mean([p[0] for p in pairs], axis=0) for pairs in blocks.values()])
-    b = np.concatenate([np.mean([p[1] for p in pairs], axis=0) for pairs in blocks.values()])
-    if a.size < 2:
-        return None
-    return paired_test(a, b)
+        pairs.append((e["per_episode"], r["per_episode"]))
+    return compare_seeds(pairs) if pairs else None
 
 
 def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
@@ -274,8 +269,9 @@ CSV_COLUMNS = [
     "meta_batch", "budget", "metric", "seeds", "episodes", "queries", "episode_set", "eval_inner_steps",
     "ours_mean", "ours_ci95", "ci_over", "ours_step1_mean", "ours_step1_ci95", "compared_at",
     "paper_value", "paper_ci95", "paper_method", "paper_backbone", "paper", "paper_source", "ref",
-    "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_n", "vs_maml_t", "vs_maml_p_t",
-    "vs_maml_p_wilcoxon", "paired_with", "train_wall_s", "test_wall_s"]
+    "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_ci_over", "vs_maml_seeds", "vs_maml_n",
+    "vs_maml_per_seed", "vs_maml_same_sign", "vs_maml_p_t", "vs_maml_p_wilcoxon", "vs_maml_significant",
+    "paired_with", "train_wall_s", "test_wall_s"]
 
 
 def _fmt(x: float | None, nd: int, sign: bool = False) -> str:
@@ -361,9 +357,15 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
             "ours_mean": g.mean, "ours_ci95": g.ci95, "ci_over": g.ci_over,
             "ours_step1_mean": g.step1[0] if g.step1 else None, "ours_step1_ci95": g.step1[1] if g.step1 else None,
             "compared_at": ("1 inner step" if sinus and g.step1 else "final inner step"),
+            # the comparison's CI spans the seeds both runs have (one seed: the episodes, and no claim); the
+            # Wilcoxon p is the episode-paired one of a single seed (over 3 seeds its smallest p is 0.25)
             "vs_maml_diff": pair.mean if pair else None, "vs_maml_ci95": pair.ci95 if pair else None,
-            "vs_maml_n": pair.n if pair else None, "vs_maml_t": pair.t if pair else None,
-            "vs_maml_p_t": pair.p_t if pair else None, "vs_maml_p_wilcoxon": pair.p_wilcoxon if pair else None,
+            "vs_maml_ci_over": pair.span if pair else "", "vs_maml_seeds": pair.seeds if pair else None,
+            "vs_maml_n": pair.episodes if pair else None,
+            "vs_maml_per_seed": " ".join(f"{x:.6g}" for x in pair.per_seed) if pair else "",
+            "vs_maml_same_sign": pair.same_sign if pair else None,
+            "vs_maml_p_t": pair.p if pair else None, "vs_maml_p_wilcoxon": pair.p_wilcoxon if pair else None,
+            "vs_maml_significant": pair.significant if pair else "", "_pair": pair,
             "paired_with": ref.method if pair else "", "_paired_label": ref.label if pair else "",
             "_is_ref": ref is g,
             # wall times on the machine that ran them (mean over seeds): meta-training, and this evaluation
@@ -410,16 +412,18 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     method = row["method_label"]
     if row["paper_method"] and row["paper_method"] != row["method_label"]:
         paper_txt += f" [{row['paper_method']}]"
+    pair: Comparison | None = row.get("_pair")
     if row["_is_ref"]:
-        vs = "reference"
-        p = DASH
-    elif row["vs_maml_diff"] is None:
-        vs, p = DASH, DASH
+        vs, same, p, holds = "reference", DASH, DASH, DASH
+    elif pair is None:
+        vs, same, p, holds = DASH, DASH, DASH, DASH
     else:
-        vs = f"{row['vs_maml_diff']:+.{nd}f} ± {row['vs_maml_ci95']:.{nd}f}"
+        vs = f"{pair.mean:+.{nd}f} ± {pair.ci95:.{nd}f}"
         if row["paired_with"] != REFERENCE_METHOD:
             vs += f" (vs {row['_paired_label']})"
-        p = f"{_fmt_p(row['vs_maml_p_t'])} / {_fmt_p(row['vs_maml_p_wilcoxon'])}"
+        same = pair.same_sign_text
+        p = DASH if pair.seeds < 2 else _fmt_p(pair.p)
+        holds = ("yes" if pair.significant else "no") + f" ({pair.span})"
     source = f"{row['paper']} {row['ref']}" if row["paper"] else DASH
     cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]), row["setting"], method, row["backbone"],
              row["budget"]] + ([_fmt_wall(row)] if wall_time else [])
@@ -429,8 +433,8 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
         cells += [s1, f"{ours} (K={row['eval_inner_steps']})"]
     else:
         cells += [ours]
-    cells += [paper_txt, row["paper_backbone"] or DASH, source, _fmt(row["diff"], nd, sign=True),
-              row["paper_in_ci"], vs, p]
+    cells += [row["ci_over"], paper_txt, row["paper_backbone"] or DASH, source, _fmt(row["diff"], nd, sign=True),
+              row["paper_in_ci"], vs, same, p, holds]
     return cells
 
 
@@ -439,8 +443,9 @@ def _header(metric: str, sinus: bool, wall_time: bool = False) -> list[str]:
     ours = ([f"Ours, 1 step ({unit})", f"Ours, K steps ({unit})"] if sinus else [f"Ours ({unit})"])
     return (["Dataset", "Setting", "Method", "Backbone", "Budget"]
             + (["Wall time (min, train + test)"] if wall_time else []) + ours
-            + ["Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
-               "vs MAML (paired Δ ± CI; add-on runs vs their base)", "p (t / Wilcoxon)"])
+            + ["CI spans", "Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
+               "vs MAML (paired Δ ± CI; add-on runs vs their base)", "Seeds with Δ's sign", "p (t over seeds)",
+               "Significant (Δ's CI spans)"])
 
 
 def choices_notes(methods: Iterable[str]) -> list[str]:
@@ -478,14 +483,18 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                  + ", the same episode set for every method of a setting (column `episode_set` of the CSV). "
                  "Accuracy is in percent, MSE on the sinusoid's query points. `Ours` is the score after the "
                  "test-time inner steps (`eval_inner_steps` in the CSV).")
-    ci_kinds = sorted({r["ci_over"].split(" ")[0] for r in rows})
+    single = any(r["ci_over"] == SINGLE_SEED for r in rows)
+    several = any(r["ci_over"] != SINGLE_SEED for r in rows)
     ci_text = []
-    if "episodes" in ci_kinds:
-        ci_text.append("rows from a single seed: 95% CI = 1.96 · std / √n over the per-episode scores "
-                       "(sample std, n = episodes)")
-    if "seeds" in ci_kinds:
-        ci_text.append("rows from several seeds: mean of the per-seed means, 95% CI = t(0.975, s−1) · std / √s "
-                       "across the s seed means")
+    if several:
+        ci_text.append("rows from several training seeds: mean of the per-seed means, 95% CI = t(0.975, s−1) · "
+                       "std / √s across the s seed means, so it spans training seeds (`CI spans`: \"3 seeds × 600 "
+                       "episodes\")")
+    if single:
+        ci_text.append("rows marked \"1 seed: episode CI only\": 95% CI = 1.96 · std / √n over one run's "
+                       "per-episode scores (sample std, n = episodes); it measures the test sample, not the "
+                       "training run, which another seed or another CPU moves by as much (such rows support no "
+                       "finding)")
     if ci_text:
         notes.append("- **Confidence intervals.** " + "; ".join(ci_text) + " (column `ci_over` of the CSV).")
     profiles = _join_unique(r["profile"] for r in rows)
@@ -513,12 +522,15 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                  "shots, metric and method label (including the paper's parenthesised variants, e.g. "
                  "\"MAML (ResNet-12)\"); several matches give one line each; the paper's backbone may differ "
                  "from ours. A published ± may be a std or come without a CI (see each source).")
-    notes.append("- **Paired comparison vs MAML.** For methods evaluated on the same episode set as MAML in "
-                 "the same setting: mean per-episode difference (method − MAML; for MSE negative is better) "
-                 "± 1.96 · sd / √n, over the seeds both have (seeds sharing an episode set are averaged per "
-                 "episode first). p-values are two-sided: a paired t-test with the exact Student-t "
-                 "distribution (regularized incomplete beta function) and a Wilcoxon signed-rank test "
-                 "(zeros dropped, tie-corrected normal approximation). For the sinusoid this uses the "
+    notes.append("- **Paired comparison vs MAML** (a run with add-ons: vs its base run). On the same test "
+                 "episodes, per training seed: the mean per-episode difference (method − reference; for MSE "
+                 "negative is better). Over the s seeds both runs have: the mean of those per-seed differences "
+                 "± the 95% Student-t interval t(0.975, s−1) · sd / √s, and the two-sided one-sample t-test p "
+                 "(scipy.stats.ttest_1samp; the seeds are the unit, Bouthillier et al. 2021). `Seeds with Δ's "
+                 "sign` is the share of seeds whose difference has the sign of the mean: the reproducibility of "
+                 f"the effect. `Significant` is yes only with at least {MIN_CLAIM_SEEDS} seeds and a CI over them "
+                 "that excludes 0. With one seed the ± is the episode CI (1.96 · sd / √n over the per-episode "
+                 "differences), no p is shown and nothing is significant. For the sinusoid this uses the "
                  "final-step MSEs.")
     notes += choices_notes(r["method"] for r in rows)
     notes.append(f"- **Sources.** Published numbers come from `{paper_path}` (a copy of "

@@ -13,15 +13,18 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..stats import MIN_CLAIM_SEEDS, Comparison, ci_span, compare_seeds, seed_mean_ci95
 from ..utils import MetareproError, write_text_atomic
 from .tables import (DASH, DATASET_LABELS, REFERENCE_METHOD, _fmt, _fmt_ci, _fmt_p, _pipe_table, load_eval,
-                     mean_ci95, method_label, paired_test, render_csv)
+                     mean_ci95, method_label, render_csv)
 
-CSV_COLUMNS = ["method", "method_label", "source", "target", "ways", "shots", "profile", "episodes", "episode_set",
-               "in_domain_mean", "in_domain_ci95", "cross_domain_mean", "cross_domain_ci95",
+CSV_COLUMNS = ["method", "method_label", "source", "target", "ways", "shots", "profile", "seeds", "episodes",
+               "episode_set", "ci_over", "in_domain_mean", "in_domain_ci95", "cross_domain_mean", "cross_domain_ci95",
                "target_trained_mean", "target_trained_ci95", "vs_target_trained_diff", "vs_target_trained_ci95",
-               "vs_target_trained_p_t", "reference", "vs_reference_diff", "vs_reference_ci95", "vs_reference_p_t",
-               "vs_reference_p_wilcoxon", "input_shape", "target_image_shape"]
+               "vs_target_trained_seeds", "vs_target_trained_same_sign", "vs_target_trained_p_t",
+               "vs_target_trained_significant", "reference", "vs_reference_diff", "vs_reference_ci95",
+               "vs_reference_seeds", "vs_reference_same_sign", "vs_reference_p_t", "vs_reference_p_wilcoxon",
+               "vs_reference_significant", "input_shape", "target_image_shape"]
 
 
 def _label(dataset: str) -> str:
@@ -35,9 +38,23 @@ def _scores(ev: dict) -> list[float]:
     return [float(v) for v in pe]
 
 
+def _over_seeds(evs: list[dict]) -> tuple[float, float]:
+    """One seed: mean ± the episode CI. Several: mean of the seed means ± the t-CI across them."""
+    if len(evs) == 1:
+        return mean_ci95(_scores(evs[0]))
+    return seed_mean_ci95([mean_ci95(_scores(e))[0] for e in evs])
+
+
+def _put(row: dict, prefix: str, c: Comparison) -> None:
+    row.update({f"{prefix}_diff": c.mean, f"{prefix}_ci95": c.ci95, f"{prefix}_seeds": c.seeds,
+                f"{prefix}_same_sign": c.same_sign, f"{prefix}_p_t": c.p, f"{prefix}_significant": c.significant,
+                f"_{prefix}": c})
+
+
 def build_rows(evals: list[dict]) -> list[dict]:
-    """One row per cross-domain evaluation, with the run's in-domain score, the target-trained run of the same
-    method (if given), and the paired difference to the reference method on the same target episodes."""
+    """One row per (method, source → target, setting) over its training seeds: the run's in-domain score, its score
+    on the target's test episodes, the target-trained run of the same method (if given) and the paired difference
+    to the reference method on the same target episodes; every comparison per seed, then over the seeds."""
     in_domain: dict[tuple, dict] = {}
     cross: list[dict] = []
     for ev in evals:
@@ -48,39 +65,54 @@ def build_rows(evals: list[dict]) -> list[dict]:
             in_domain[(run["dataset"], run["method"], int(run["ways"]), int(run["shots"]), int(run["seed"]))] = ev
     if not cross:
         raise MetareproError("no cross-domain evaluation (eval_xdomain_<dataset>.json) among the inputs")
-    by_target: dict[tuple, dict[str, dict]] = {}
+    by_target: dict[tuple, dict[str, dict[int, dict]]] = {}
     for ev in cross:
         run, target = ev["run"], ev["cross_domain"]["target"]
-        key = (run["dataset"], target, int(run["ways"]), int(run["shots"]), int(run["seed"]))
-        by_target.setdefault(key, {})[run["method"]] = ev
+        key = (run["dataset"], target, int(run["ways"]), int(run["shots"]))
+        by_target.setdefault(key, {}).setdefault(run["method"], {})[int(run["seed"])] = ev
     rows = []
-    for (src, dst, ways, shots, seed), methods in sorted(by_target.items()):
-        sets = {ev["episode_set"] for ev in methods.values()}
+    for (src, dst, ways, shots), methods in sorted(by_target.items()):
+        sets = {ev["episode_set"] for seeds in methods.values() for ev in seeds.values()}
         if len(sets) > 1:
             raise MetareproError(f"cross-domain evaluations {src} -> {dst} {ways}-way {shots}-shot were made on "
                                  f"different episodes ({', '.join(sorted(sets))}): re-run them with one config")
-        ref = methods.get(REFERENCE_METHOD)
-        for method, ev in sorted(methods.items(), key=lambda kv: (kv[0] != REFERENCE_METHOD, kv[0])):
-            own = in_domain.get((src, method, ways, shots, seed))
-            trained = in_domain.get((dst, method, ways, shots, seed))
-            m, c = mean_ci95(_scores(ev))
+        ref = methods.get(REFERENCE_METHOD, {})
+        for method, seeds in sorted(methods.items(), key=lambda kv: (kv[0] != REFERENCE_METHOD, kv[0])):
+            evs = [seeds[s] for s in sorted(seeds)]
+            first = evs[0]
+            m, c = _over_seeds(evs)
             row = {"method": method, "method_label": method_label(method), "source": src, "target": dst,
-                   "ways": ways, "shots": shots, "profile": ev["run"].get("profile", ""), "episodes": ev["episodes"],
-                   "episode_set": ev["episode_set"], "cross_domain_mean": m, "cross_domain_ci95": c,
-                   "input_shape": "x".join(map(str, ev["cross_domain"].get("input_shape", []))),
-                   "target_image_shape": "x".join(map(str, ev["cross_domain"].get("target_image_shape", [])))}
-            if own is not None:
-                row["in_domain_mean"], row["in_domain_ci95"] = mean_ci95(_scores(own))
-            if trained is not None and trained.get("episode_set") == ev["episode_set"]:
-                row["target_trained_mean"], row["target_trained_ci95"] = mean_ci95(_scores(trained))
-                p = paired_test(_scores(ev), _scores(trained))
-                row.update(vs_target_trained_diff=p.mean, vs_target_trained_ci95=p.ci95, vs_target_trained_p_t=p.p_t)
-            if ref is not None and method != REFERENCE_METHOD:
-                p = paired_test(_scores(ev), _scores(ref))
-                row.update(reference=REFERENCE_METHOD, vs_reference_diff=p.mean, vs_reference_ci95=p.ci95,
-                           vs_reference_p_t=p.p_t, vs_reference_p_wilcoxon=p.p_wilcoxon)
+                   "ways": ways, "shots": shots, "profile": first["run"].get("profile", ""),
+                   "seeds": " ".join(map(str, sorted(seeds))), "episodes": first["episodes"],
+                   "episode_set": first["episode_set"], "ci_over": ci_span(len(evs), first["episodes"]),
+                   "cross_domain_mean": m, "cross_domain_ci95": c,
+                   "input_shape": "x".join(map(str, first["cross_domain"].get("input_shape", []))),
+                   "target_image_shape": "x".join(map(str, first["cross_domain"].get("target_image_shape", [])))}
+            own = [in_domain[k] for s in sorted(seeds) if (k := (src, method, ways, shots, s)) in in_domain]
+            if own:
+                row["in_domain_mean"], row["in_domain_ci95"] = _over_seeds(own)
+            trained = {s: in_domain[k] for s in sorted(seeds) if (k := (dst, method, ways, shots, s)) in in_domain
+                       and in_domain[k].get("episode_set") == first["episode_set"]}
+            if trained:
+                row["target_trained_mean"], row["target_trained_ci95"] = _over_seeds(list(trained.values()))
+                _put(row, "vs_target_trained",
+                     compare_seeds([(_scores(seeds[s]), _scores(t)) for s, t in trained.items()]))
+            common = [s for s in sorted(seeds) if s in ref]
+            if method != REFERENCE_METHOD and common:
+                cmp = compare_seeds([(_scores(seeds[s]), _scores(ref[s])) for s in common])
+                row["reference"] = REFERENCE_METHOD
+                _put(row, "vs_reference", cmp)
+                row["vs_reference_p_wilcoxon"] = cmp.p_wilcoxon
             rows.append(row)
     return rows
+
+
+def _claim(c: Comparison | None) -> list[str]:
+    """Cells: paired Δ ± CI, seeds with Δ's sign, p over seeds, significant (and what the CI spans)."""
+    if c is None:
+        return [DASH, DASH, DASH, DASH]
+    return [f"{_fmt(c.mean, 2, sign=True)} ± {_fmt(c.ci95, 2)}", c.same_sign_text,
+            DASH if c.seeds < 2 else _fmt_p(c.p), ("yes" if c.significant else "no") + f" ({c.span})"]
 
 
 def _g(row: dict, key: str) -> float:
@@ -96,29 +128,35 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         body = []
         for r in mine:
             ci = lambda k: _fmt_ci(_g(r, f"{k}_mean"), _g(r, f"{k}_ci95"), 2)  # noqa: E731
-            gap = DASH if r.get("vs_target_trained_diff") is None else (
-                f"{_fmt(r['vs_target_trained_diff'], 2, sign=True)} ± {_fmt(r['vs_target_trained_ci95'], 2)} "
-                f"(p {_fmt_p(r['vs_target_trained_p_t'])})")
             body.append([f"{_label(r['source'])} → {_label(r['target'])}", f"{r['ways']}-way {r['shots']}-shot",
-                         ci("in_domain"), ci("cross_domain"), ci("target_trained"), gap])
+                         ci("in_domain"), ci("cross_domain"), ci("target_trained"), r["ci_over"]]
+                        + _claim(r.get("_vs_target_trained")))
         lines += [_pipe_table(["Source → target", "Setting", "In-domain (source test)", "Cross-domain (target test)",
-                               "Trained on target (in-domain)", "Cross-domain − trained on target (paired)"], body), ""]
+                               "Trained on target (in-domain)", "CI spans",
+                               "Cross-domain − trained on target (paired Δ ± CI)", "Seeds with Δ's sign",
+                               "p (t over seeds)", "Significant (Δ's CI spans)"], body), ""]
     lines += ["## Methods compared on the same target episodes", ""]
     body = []
     for r in rows:
         if r.get("reference") is None:
             continue
         body.append([f"{_label(r['source'])} → {_label(r['target'])}", f"{r['ways']}-way {r['shots']}-shot",
-                     r["method_label"], method_label(r["reference"]),
-                     f"{_fmt(r['vs_reference_diff'], 2, sign=True)} ± {_fmt(r['vs_reference_ci95'], 2)}",
-                     _fmt_p(r["vs_reference_p_t"]), _fmt_p(r["vs_reference_p_wilcoxon"])])
-    lines += [_pipe_table(["Source → target", "Setting", "Method", "vs", "Paired difference (points)", "t-test p",
-                           "Wilcoxon p"], body) if body else "(no reference-method run on these targets)", ""]
+                     r["method_label"], method_label(r["reference"])] + _claim(r.get("_vs_reference")))
+    lines += [_pipe_table(["Source → target", "Setting", "Method", "vs", "Paired difference (points)",
+                           "Seeds with Δ's sign", "p (t over seeds)", "Significant (Δ's CI spans)"], body)
+              if body else "(no reference-method run on these targets)", ""]
     shapes = sorted({(r["source"], r["target"], r["input_shape"], r["target_image_shape"]) for r in rows})
     lines += ["## Notes", "",
-              "- Accuracy in % over the fixed test episodes (mean ± 1.96 · std / √n). Every cross-domain row of one "
-              "target uses that target's fixed test episodes, the same ones runs trained on the target are tested on, "
-              "so rows on one target pair episode by episode (t-test and Wilcoxon signed-rank, two-sided).",
+              "- Accuracy in % over the fixed test episodes. Rows from several training seeds: the mean of the "
+              "per-seed means ± the 95% Student-t interval t(0.975, s−1) · std / √s across them (`CI spans`: \"3 "
+              "seeds × 600 episodes\"); a row marked \"1 seed: episode CI only\" has mean ± 1.96 · std / √n over "
+              "its episodes, which measures the test sample and not the training run, and supports no finding.",
+              "- Every cross-domain row of one target uses that target's fixed test episodes, the same ones runs "
+              "trained on the target are tested on, for every training seed. A comparison is paired per seed on "
+              "those episodes (the mean per-episode difference), then its mean ± the Student-t 95% CI over the seeds "
+              "and the one-sample t-test p (scipy.stats.ttest_1samp); `Seeds with Δ's sign` is the share of seeds "
+              f"whose difference has the sign of the mean. `Significant` needs {MIN_CLAIM_SEEDS} or more seeds and a "
+              "CI that excludes 0; one seed shows the episode CI and no p.",
               "- Target images are converted to the source model's input (channels: 1→3 repeated, 3→1 BT.601 luma; "
               "size: antialiased bilinear) and normalised with the *source's* training statistics stored in model.pt: "
               + "; ".join(f"{_label(s)} → {_label(t)}: {ti or '?'} → {si or '?'}" for s, t, si, ti in shapes) + ".",
