@@ -83,6 +83,11 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
                             + f"; allowed add-ons: {', '.join(sorted(ADDON_KINDS))}")
     if len(set(addons)) != len(addons):
         problems.append(f"'{where}': method name {method!r} lists an add-on twice")
+    elif list(addons) != sorted(addons):
+        # one name per run: `maml+ht+cml` and `maml+cml+ht` would be two runs, two folders and two labels
+        canonical = method.split(ADDON_SEP)[0] + "".join(ADDON_SEP + a for a in sorted(addons))
+        problems.append(f"'{where}': method name {method!r} lists its add-ons out of order; write {canonical!r} "
+                        "(add-ons in alphabetical order, so that one run has one name)")
     for k in ("sampler", "aggregator"):
         same = [a for a in addons if ADDON_KINDS.get(a) == k]
         if len(same) > 1:
@@ -91,6 +96,13 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
         if a not in addons:
             problems.append(f"'{where}.addons.{a}': add-on {a!r} is not in the method name {method!r}; "
                             f"name the run {method}{ADDON_SEP}{a} to use it")
+    blocks = (hp or {}).get("addons") or {}
+    aggregators = [a for a in addons if ADDON_KINDS.get(a) == "aggregator"]
+    if aggregators and "cml" in addons and (blocks.get("cml") or {}).get("control") == "noise":
+        # the control swaps the learner's share of the term's gradient for noise after aggregation; an aggregator
+        # that weighs per-task gradients never sees that share apart (metarepro.addons.build refuses it too)
+        problems.append(f"'{where}': method {method!r} combines the aggregator {aggregators[0]!r} with CML's noise "
+                        f"control (addons.cml.control: noise), which needs the mean meta-gradient; drop one of them")
     for a in addons:
         if a in ADDON_KINDS and base in NOT_META_TRAINED:
             problems.append(f"'{where}': add-on {a!r} ({ADDON_KINDS[a]}) cannot work with method {base!r}: "

@@ -315,7 +315,7 @@ def test_training_loop_hands_the_sampler_each_tasks_own_loss(tmp_path, monkeypat
 
 def _image_run(tmp_path, name, data):
     run = RunConfig(experiment="x", dataset="omniglot", dataset_args={"rotations": False}, data_dir=str(data),
-                    backbone="conv4", backbone_args={"filters": 4}, method="maml+ht+cml",
+                    backbone="conv4", backbone_args={"filters": 4}, method="maml+cml+ht",
                     method_args={"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 1}, ways=3, shots=1, seed=0,
                     train={"iterations": 12, "meta_batch": 2, "meta_lr": 0.001, "queries": 2, "val_every": 4,
                            "val_episodes": 4, "checkpoint_every": 3, "grad_clip": None},

@@ -396,5 +396,5 @@ def test_pretraining_settings_may_differ_per_backbone_and_aliases_stay_apart() -
     assert res["val_episodes"] == conv["val_episodes"] == 100         # the dataset block's value where not overridden
     default = load_config(REPO / "config" / "config.yaml")
     fc = default["experiments"]["fc100_cml"]["methods"]
-    assert "addons" not in fc["fomaml"] and fc["fomaml+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
+    assert "addons" not in fc["boil"] and fc["boil+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
     assert "radius" not in default["experiments"]["fc100"]["methods"]["maml"]

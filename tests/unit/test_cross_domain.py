@@ -32,6 +32,9 @@ def cfg_with(methods: dict, dataset: str = "omniglot", **exp) -> dict:
     ({"maml+ht": {}}, "sinusoid", ["'ht'", "'maml+ht'", "no classes"]),
     ({"maml+cmll": {}}, "omniglot", ["unknown add-on 'cmll'", "did you mean 'cml'"]),
     ({"maml+oamfs+oamfs": {}}, "omniglot", ["lists an add-on twice"]),
+    ({"mamlpp+ht+cml": {}}, "omniglot", ["out of order", "'mamlpp+cml+ht'"]),
+    ({"maml@noise+cml+oamfs": {"addons": {"cml": {"control": "noise"}}}}, "omniglot",
+     ["'maml@noise+cml+oamfs'", "'oamfs'", "noise control"]),
     ({"maml": {"addons": {"cml": {}}}}, "omniglot", ["'experiments.e.methods.maml.addons.cml'", "maml+cml"]),
     ({"maml+cml": {"addons": {"cml": {"weight": -1}}}}, "omniglot", ["weight", "-1"]),
 ])
