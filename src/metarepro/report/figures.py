@@ -24,7 +24,7 @@ import seaborn as sns  # noqa: E402
 
 from ..utils import MetareproError, atomic_path  # noqa: E402
 from .tables import (DATASET_LABELS, DATASET_ORDER, Group, aggregate, load_eval, load_paper_results,  # noqa: E402
-                     match_paper, method_label, read_run_config, setting_label)
+                     match_paper, method_label, read_run_config, run_setup, setting_label, setup_differences)
 
 log = logging.getLogger("metarepro.report")
 
@@ -85,7 +85,8 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     """Meta-training loss and validation metric vs iteration; one row per dataset and setting (1-shot and 5-shot
     apart), one line per run, one colour per method across the figure, one legend per row beside its panels. With
     `paper` (config/paper_results.csv), each run's published test number is a dashed line in the run's colour on the
-    validation panel (matched as in the tables: dataset, ways, shots, metric, method label). Runs with neither a
+    validation panel (matched as in the tables: dataset, ways, shots, metric, method label, and only where the
+    setup is the same). Runs with neither a
     training loss nor a validation score are left out; a run with no meta-training but a validation of its initial
     weights (e.g. MTL's theta only) is one point at iteration 0."""
     runs = [load_run_dir(d) for d in run_dirs]
@@ -124,6 +125,8 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
                                     color=color, alpha=0.2)
             seen = set()
             for p in match_paper(Group(ds, ways, shots, method, metric, []), published):
+                if setup_differences(run_setup({"run": cfg}), p):
+                    continue        # another setup (backbone, image size, dataset variant, training shots)
                 if p.value not in seen:
                     seen.add(p.value)
                     ax_val.axhline(p.value, color=color, linestyle="--", linewidth=1.2,

@@ -18,6 +18,11 @@ from ..utils import MetareproError
 
 TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
 PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
+# Optional columns after those: the setup a published number was measured in, beyond backbone and setting. Empty
+# means the dataset's standard (the image size of STANDARD_IMAGE_SIZE, the full dataset, training at the tested
+# ways and shots). A published number is compared with our run only when the whole setup matches (report/tables).
+PAPER_SETUP_COLUMNS = ["image_size", "variant", "train_ways", "train_shots"]
+STANDARD_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "tieredimagenet": 84, "cub": 84, "cifarfs": 32, "fc100": 32}
 EVAL_REQUIRED = ("run", "metric", "mean", "ci95")
 RUN_REQUIRED = ("dataset", "method", "ways", "shots", "seed")
 
@@ -89,6 +94,14 @@ class PaperRow:
     ci95: float | None
     ci95_text: str
     source: str
+    image_size: int | None = None     # None: the dataset's standard size (STANDARD_IMAGE_SIZE)
+    variant: str = "full"             # "full" dataset, or a named subset
+    train_ways: int | None = None     # None: meta-trained at the tested ways
+    train_shots: int | None = None    # None: meta-trained at the tested shots
+
+    @property
+    def size(self) -> int | None:
+        return self.image_size if self.image_size is not None else STANDARD_IMAGE_SIZE.get(self.dataset)
 
 
 def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
@@ -98,9 +111,14 @@ def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
     except OSError as exc:
         raise MetareproError(f"cannot read paper results {path}: {exc.strerror or exc}") from exc
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or [f.strip() for f in reader.fieldnames] != PAPER_COLUMNS:
-        raise MetareproError(f"paper results {path}: header must be {','.join(PAPER_COLUMNS)}, "
-                             f"got {','.join(reader.fieldnames or [])}")
+    header = [f.strip() for f in reader.fieldnames or []]
+    if header not in (PAPER_COLUMNS, PAPER_COLUMNS + PAPER_SETUP_COLUMNS):
+        raise MetareproError(f"paper results {path}: header must be {','.join(PAPER_COLUMNS)} (optionally followed "
+                             f"by {','.join(PAPER_SETUP_COLUMNS)}), got {','.join(reader.fieldnames or [])}")
+
+    def opt_int(r: dict, k: str) -> int | None:
+        v = (r.get(k) or "").strip()
+        return int(v) if v else None
     rows = []
     for lineno, r in enumerate(reader, start=2):
         try:
@@ -109,7 +127,9 @@ def load_paper_results(path: str | os.PathLike) -> list[PaperRow]:
                 backbone=r["backbone"].strip(), ways=int(r["ways"]) if r["ways"].strip() else None,
                 shots=int(r["shots"]), metric=r["metric"].strip(), value=float(r["value"]),
                 value_text=r["value"].strip(), ci95=float(r["ci95"]) if r["ci95"].strip() else None,
-                ci95_text=r["ci95"].strip(), source=r["source"].strip()))
+                ci95_text=r["ci95"].strip(), source=r["source"].strip(), image_size=opt_int(r, "image_size"),
+                variant=(r.get("variant") or "").strip() or "full", train_ways=opt_int(r, "train_ways"),
+                train_shots=opt_int(r, "train_shots")))
         except (TypeError, ValueError, AttributeError) as exc:
             raise MetareproError(f"paper results {path}, line {lineno}: cannot parse {dict(r)}: {exc}") from exc
     return rows

@@ -7,7 +7,9 @@ statistics (CIs, paired t-test, Wilcoxon via scipy.stats) live in metarepro/stat
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import json
 import math
 import os
 import re
@@ -20,10 +22,11 @@ import numpy as np
 
 from ..cards import cards
 from ..config import split_method
-from ..stats import MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test, seed_mean_ci95
+from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
+                     seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
-from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, TRAIN_SHOTS_TAG, PaperRow, load_eval,
-                     load_paper_results, read_run_config)
+from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, STANDARD_IMAGE_SIZE, TRAIN_SHOTS_TAG, PaperRow,
+                     load_eval, load_paper_results, read_run_config)
 
 # re-exported: the report modules and tests read inputs through this module too
 __all__ = ["EVAL_REQUIRED", "PAPER_COLUMNS", "RUN_REQUIRED", "TRAIN_SHOTS_TAG", "PaperRow", "load_eval",
@@ -239,6 +242,63 @@ def paired_vs_reference(g: Group, ref: Group) -> Comparison | None:
     return compare_seeds(pairs) if pairs else None
 
 
+# Datasets whose mirror (or a user's copy) may be a subset: their prepared meta.json tells the images per class of the
+# train split, and a number published on the full dataset is not compared with a run on a subset.
+FULL_IMAGES_PER_CLASS = {"miniimagenet": 600}
+
+
+@functools.lru_cache(maxsize=None)
+def _data_variant(dataset: str, data_dir: str) -> str:
+    """"full", "subset (60 images per class)" or "unknown" (no readable meta.json): from the prepared data."""
+    if dataset not in FULL_IMAGES_PER_CLASS:
+        return "full"
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        train = meta["splits"]["train"]
+        per_class = int(train["images"]) // max(1, int(train["classes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+    return "full" if per_class >= FULL_IMAGES_PER_CLASS[dataset] else f"subset ({per_class} images per class)"
+
+
+def run_setup(ev: dict) -> dict:
+    """What a published number must share with our run to be compared with it: backbone (family and widths), input
+    image size, dataset variant, and the ways and shots of meta-training."""
+    run = ev["run"]
+    dataset = str(run["dataset"])
+    args = run.get("dataset_args") or {}
+    inp = args.get("input") or {}
+    method = str(run["method"])
+    train_shots = int(method.partition(TRAIN_SHOTS_TAG)[2] or run["shots"])
+    bargs = run.get("backbone_args") or {}
+    return {"family": str(run.get("backbone", "?")), "backbone": backbone_label(run),
+            "extra": ", ".join(k for k in ("extra_blocks", "branch") if bargs.get(k)),
+            "image_size": None if dataset == "sinusoid" else (inp.get("crop") or args.get("image_size")
+                                                              or STANDARD_IMAGE_SIZE.get(dataset)),
+            "variant": _data_variant(dataset, str(run.get("data_dir") or f"data/{dataset}")),
+            "train_ways": int((run.get("train") or {}).get("ways") or run["ways"]), "train_shots": train_shots}
+
+
+def setup_differences(setup: dict, p: PaperRow) -> list[str]:
+    """How the published row's setup differs from our run's (empty: like for like). A published backbone without
+    widths ("conv4") matches any widths of its family: the source does not state them."""
+    out = []
+    family, _, widths = p.backbone.partition("-")
+    if family != setup["family"] or (widths and p.backbone != setup["backbone"]):
+        out.append(f"{p.backbone}; ours {setup['backbone']}")
+    elif setup["extra"]:
+        out.append(f"{p.backbone}; ours {setup['backbone']} with {setup['extra']}")
+    if setup["image_size"] is not None and p.size is not None and p.size != setup["image_size"]:
+        out.append(f"{p.size}×{p.size} images; ours {setup['image_size']}×{setup['image_size']}")
+    if p.variant != setup["variant"]:
+        out.append(f"{p.variant} dataset; ours {setup['variant']}")
+    if p.dataset != "sinusoid" and (p.train_ways or p.ways) != setup["train_ways"]:
+        out.append(f"meta-trained {p.train_ways or p.ways}-way; ours {setup['train_ways']}-way")
+    if (p.train_shots or p.shots) != setup["train_shots"] and not p.method.endswith("-shot meta-training)"):
+        out.append(f"meta-trained at {p.train_shots or p.shots} shots; ours {setup['train_shots']}")
+    return out
+
+
 def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
     """Paper rows for the same dataset, shots, ways (not for sinusoid) and metric, whose method is
     our label, an alias of it, or a parenthesised variant of it ("MAML (ResNet-12)")."""
@@ -265,11 +325,12 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
 # ----------------------------------------------------------------------------- table rows
 
 CSV_COLUMNS = [
-    "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "iterations",
+    "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "image_size", "dataset_variant",
+    "train_ways", "train_shots", "profile", "iterations",
     "meta_batch", "budget", "metric", "seeds", "episodes", "queries", "episode_set", "eval_inner_steps",
     "ours_mean", "ours_ci95", "ci_over", "ours_step1_mean", "ours_step1_ci95", "compared_at",
     "paper_value", "paper_ci95", "paper_method", "paper_backbone", "paper", "paper_source", "ref",
-    "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_ci_over", "vs_maml_seeds", "vs_maml_n",
+    "like_for_like", "setup_difference", "diff", "paper_in_ci", "vs_maml_diff", "vs_maml_ci95", "vs_maml_ci_over", "vs_maml_seeds", "vs_maml_n",
     "vs_maml_per_seed", "vs_maml_same_sign", "vs_maml_p_t", "vs_maml_p_wilcoxon", "vs_maml_significant",
     "paired_with", "train_wall_s", "test_wall_s"]
 
@@ -372,21 +433,32 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
             "train_wall_s": _mean_of((e.get("checkpoint") or {}).get("train_wall_time_s") for e in g.evals),
             "test_wall_s": _mean_of(e.get("wall_time_s") for e in g.evals),
         }
+        setup = run_setup(g.evals[0])
+        base.update(image_size=setup["image_size"] or "", dataset_variant=setup["variant"],
+                    train_ways=setup["train_ways"], train_shots=setup["train_shots"])
         matches = match_paper(g, paper) or [None]
         for p in matches:
             row = dict(base)
             if p is None:
                 row.update(paper_value=None, paper_ci95=None, paper_method="", paper_backbone="", paper="",
-                           paper_source="", ref="", diff=None, paper_in_ci="—")
+                           paper_source="", ref="", diff=None, paper_in_ci="—", like_for_like="",
+                           setup_difference="")
             else:
                 if p not in cited:
                     cited.append(p)
-                diff = cmp_mean - p.value
-                inside = DASH if math.isnan(cmp_ci) else ("yes" if abs(diff) <= cmp_ci else "no")
+                differs = setup_differences(setup, p)
                 row.update(paper_value=p.value, paper_ci95=p.ci95, paper_method=p.method,
                            paper_backbone=p.backbone, paper=p.paper, paper_source=p.source,
-                           ref=f"[{cited.index(p) + 1}]", diff=diff, paper_in_ci=inside,
+                           ref=f"[{cited.index(p) + 1}]", like_for_like=not differs,
+                           setup_difference="; ".join(differs),
                            _paper_text=p.value_text + (f" ± {p.ci95_text}" if p.ci95_text else ""))
+                if differs:
+                    # another setup: shown beside ours, never subtracted from it nor tested against our CI
+                    row.update(diff=None, paper_in_ci=DASH)
+                else:
+                    diff = cmp_mean - p.value
+                    row.update(diff=diff, paper_in_ci=DASH if math.isnan(cmp_ci) else
+                               ("yes" if abs(diff) <= cmp_ci else "no"))
             rows.append(row)
     return rows, cited
 
@@ -412,6 +484,10 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     method = row["method_label"]
     if row["paper_method"] and row["paper_method"] != row["method_label"]:
         paper_txt += f" [{row['paper_method']}]"
+    other = DASH
+    if row.get("setup_difference"):
+        # a published number of another setup: its own column, naming the difference, never "ours − paper"
+        other, paper_txt = f"{paper_txt} ({row['setup_difference']})", DASH
     pair: Comparison | None = row.get("_pair")
     if row["_is_ref"]:
         vs, same, p, holds = "reference", DASH, DASH, DASH
@@ -434,7 +510,7 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     else:
         cells += [ours]
     cells += [row["ci_over"], paper_txt, row["paper_backbone"] or DASH, source, _fmt(row["diff"], nd, sign=True),
-              row["paper_in_ci"], vs, same, p, holds]
+              row["paper_in_ci"], other, vs, same, p, holds]
     return cells
 
 
@@ -443,8 +519,8 @@ def _header(metric: str, sinus: bool, wall_time: bool = False) -> list[str]:
     ours = ([f"Ours, 1 step ({unit})", f"Ours, K steps ({unit})"] if sinus else [f"Ours ({unit})"])
     return (["Dataset", "Setting", "Method", "Backbone", "Budget"]
             + (["Wall time (min, train + test)"] if wall_time else []) + ours
-            + ["CI spans", "Paper", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
-               "vs MAML (paired Δ ± CI; add-on runs vs their base)", "Seeds with Δ's sign", "p (t over seeds)",
+            + ["CI spans", "Paper (same setup)", "Paper backbone", "Source", "Ours − paper", "Paper in our CI",
+               "Published, other setup (not compared)", "vs MAML (paired Δ ± CI; add-on runs vs their base)", "Seeds with Δ's sign", "p (t over seeds)",
                "Significant (Δ's CI spans)"])
 
 
@@ -517,11 +593,17 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                      "after one inner step, so `Ours − paper` and `Paper in our CI` use our MSE after 1 inner "
                      "step (`by_step[1]`); `Ours, K steps` is after the final test-time step. Rows labelled "
                      "\"5-shot meta-training\" were meta-trained at 5 shots and tested at 10 or 20.")
+    notes.append("- **Like for like.** A published number is found by dataset, ways, shots, metric and method label "
+                 "(including the paper's parenthesised variants, e.g. \"MAML (ResNet-12)\"; several matches give one "
+                 "line each), and it is compared with ours only when the whole setup is the same: backbone family "
+                 "and widths (a source that gives no widths, e.g. \"conv4\", matches any), input image size, "
+                 "dataset variant (full or a subset, from the prepared data's meta.json) and the ways and shots "
+                 "of meta-training (CSV columns `like_for_like`, `setup_difference`). A number from another setup "
+                 "sits in `Published, other setup` with the difference named, as context: it never enters "
+                 "`Ours − paper` or `Paper in our CI`.")
     notes.append("- **Paper in our CI.** `yes` when the published mean lies within our 95% CI, `no` otherwise, "
-                 "`—` when there is no published number or no CI. Paper numbers are matched on dataset, ways, "
-                 "shots, metric and method label (including the paper's parenthesised variants, e.g. "
-                 "\"MAML (ResNet-12)\"); several matches give one line each; the paper's backbone may differ "
-                 "from ours. A published ± may be a std or come without a CI (see each source).")
+                 "`—` when there is no like-for-like published number or no CI. A published ± may be a std or "
+                 "come without a CI (see each source).")
     notes.append("- **Paired comparison vs MAML** (a run with add-ons: vs its base run). On the same test "
                  "episodes, per training seed: the mean per-episode difference (method − reference; for MSE "
                  "negative is better). Over the s seeds both runs have: the mean of those per-seed differences "
