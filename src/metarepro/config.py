@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import json
 import os
 import re
@@ -115,7 +116,13 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
 
 def load_schema() -> dict:
     """config.schema.yaml with the method blocks generated from the method cards: `$defs/method_<name>` and the
-    names allowed under `experiments.*.methods` (each method, its variants `<method>@<tag>` and add-ons)."""
+    names allowed under `experiments.*.methods` (each method, its variants `<method>@<tag>` and add-ons). A fresh
+    copy per call of one parse per process: planning a grid validates defaults hundreds of times."""
+    return copy.deepcopy(_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     methods = schema["$defs"]["experiment"]["properties"]["methods"]
     methods["properties"], methods["patternProperties"] = {}, {}
@@ -583,6 +590,11 @@ def dataset_args(cfg: dict, dataset: str) -> dict:
 
 def _pretrain_defaults(dataset: str) -> dict:
     """Defaults of a dataset's `pretrain:` block when the config does not mention the dataset."""
+    return copy.deepcopy(_pretrain_defaults_cached(dataset))
+
+
+@functools.lru_cache(maxsize=None)
+def _pretrain_defaults_cached(dataset: str) -> dict:
     cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": {
         "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
     return cfg["pretrain"][dataset]
@@ -590,6 +602,11 @@ def _pretrain_defaults(dataset: str) -> dict:
 
 def _dataset_defaults(dataset: str) -> dict:
     """Defaults of a dataset's options block when the config does not mention the dataset."""
+    return copy.deepcopy(_dataset_defaults_cached(dataset))
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset_defaults_cached(dataset: str) -> dict:
     cfg = validate_config({"datasets": {dataset: {}}, "experiments": {"x": {
         "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
     return cfg["datasets"][dataset]
