@@ -4,6 +4,7 @@
 # made from environment.yml cannot hold an editable install of this checkout (Snakemake creates it
 # from a copy of the file in .snakemake/conda/, where `-e .` would point elsewhere), and with the
 # package installed it is the same code. A person can paste a printed line into a shell as it is.
+import functools
 import json
 import math
 import os
@@ -68,11 +69,18 @@ def run_evals(runs_):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved(dataset, method, ways, shots, seed):
+    """One run's RunConfig, resolved once per Snakemake process: the input, param, resource and priority functions
+    of its jobs all ask for it (the config does not change while Snakemake plans)."""
+    exp = find_experiment(config, dataset, method, ways, shots)
+    return resolve_run(config, exp, method, shots, seed)
+
+
 def run_config(wildcards):
     """The resolved RunConfig (JSON) of one run: a param, so editing a method's hparams re-runs its jobs."""
     w = wildcards
-    exp = find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots))
-    return resolve_run(config, exp, w.method, int(w.shots), int(w.seed)).to_json()
+    return _resolved(w.dataset, w.method, int(w.ways), int(w.shots), int(w.seed)).to_json()
 
 
 def dataset_options(dataset):
@@ -130,8 +138,7 @@ def pretrain_config(wildcards):
 def pretrained_input(wildcards):
     """The pretrain stage's backbone.pt for methods that start from it (none for the others)."""
     w = wildcards
-    exp = find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots))
-    path = resolve_run(config, exp, w.method, int(w.shots), int(w.seed)).pretrained
+    path = _resolved(w.dataset, w.method, int(w.ways), int(w.shots), int(w.seed)).pretrained
     return [path] if path else []
 
 
