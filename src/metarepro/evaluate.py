@@ -110,7 +110,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     # is timed apart, so that X + CML's inference cost compares with X's
     wall = time.perf_counter() - t0 - dagger_wall
     mean, ci = mean_ci(final)
-    n_params = sum(p.numel() for p in learner.parameters())
+    n_params = learner.parameter_count()      # what runs at test (MAML++'s replaced batch-norm weights left out)
     result: dict[str, Any] = {
         "run": run.to_dict(),
         "metric": "accuracy" if learner.task_type == "classification" else "mse",

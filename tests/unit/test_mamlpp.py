@@ -194,6 +194,17 @@ def test_per_step_bn_selects_weights_by_step_and_routes_gradients():
         assert (gw[0].abs().sum() > 0) == slot0_used
 
 
+def test_parameter_count_leaves_out_the_batch_norm_weights_per_step_bn_replaces():
+    net = _bn_net()                                           # Linear(3, 2): 8, BN: weight 2 + bias 2
+    per_step = MAMLpp(net, "classification", inner_steps=3, lslr=True)
+    # Linear 8 + per-step BN 3 slots x (2 + 2) = 12 + LSLR 3 steps x 2 tensors = 6; the base BN's 4 never run
+    assert per_step.replaced_parameters() == {"1.weight", "1.bias"}
+    assert per_step.parameter_count() == 8 + 12 + 6 == sum(p.numel() for p in per_step.parameters()) - 4
+    shared = MAMLpp(_bn_net(), "classification", inner_steps=3, lslr=True, per_step_bn=False)
+    assert shared.replaced_parameters() == set()
+    assert shared.parameter_count() == sum(p.numel() for p in shared.parameters()) == 8 + 4 + 6
+
+
 def test_per_step_running_statistics_where_the_backbone_tracks_them():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).double()

@@ -380,6 +380,16 @@ class MetaLearner(nn.Module):
             self._log_gradient_diagnostics(stats, own, split, terms)
         return stats
 
+    def replaced_parameters(self) -> set[str]:
+        """Names of backbone parameters (model.named_parameters) that the method replaces by its own and never
+        runs, e.g. the batch-norm weights that MAML++'s per-step batch norm swaps for its per-step copies."""
+        return set()
+
+    def parameter_count(self) -> int:
+        """The parameters that run at test: every parameter of the learner less those it replaces."""
+        skip = {id(self.model.get_parameter(n)) for n in self.replaced_parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
     def feature_parameters(self) -> list[Tensor]:
         """The feature extractor psi: the backbone's parameters outside its `head` (every backbone has one)."""
         return [p for n, p in self.model.named_parameters() if not n.startswith("head.")]

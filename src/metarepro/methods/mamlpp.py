@@ -110,6 +110,11 @@ class MAMLpp(MetaLearner):
                     self.bn_stats.register_buffer(f"{k}__{stat}", buf)
 
     # ---- model evaluation ---------------------------------------------------------------
+    def replaced_parameters(self) -> set[str]:
+        """With per-step batch norm the backbone's own BN weights and biases never run: forward_with swaps in the
+        step's copies (bn_weight / bn_bias), so they are not counted as parameters."""
+        return {f"{n}.{p}" for n in self.bn_layers if safe_key(n) in self.bn_weight for p in ("weight", "bias")}
+
     def init_params(self) -> Params:
         named = dict(self.model.named_parameters())
         return {k: named[k] for k in self.inner_names}
