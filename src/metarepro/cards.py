@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 CARDS_PATH = Path(__file__).resolve().parent / "method_cards.yaml"
-FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False}
+FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False,
+         "classification_only": False}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class MethodCard:
     needs_pretrained: bool = False
     meta_trainable: bool = True
     any_train_ways: bool = False
+    classification_only: bool = False     # compares class prototypes or attends over labels: no regression
 
     def defaults(self) -> dict[str, Any]:
         """Every hyperparameter's default (what a run gets when its config block omits it)."""

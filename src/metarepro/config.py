@@ -54,6 +54,8 @@ NOT_META_TRAINED: frozenset[str] = frozenset(cards()) - with_flag("meta_trainabl
 # Methods whose predictions do not depend on a ways-sized head, so they may meta-train with more ways than they
 # are tested with (`train.ways`).
 ANY_TRAIN_WAYS: frozenset[str] = with_flag("any_train_ways")
+# Methods that predict labels from the support set's classes (prototypes, attention over labels): no regression.
+CLASSIFICATION_ONLY: frozenset[str] = with_flag("classification_only")
 _METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
 
 
@@ -279,6 +281,10 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
         if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
+        labels_only = sorted(m for m in exp["methods"] if base_method(m) in CLASSIFICATION_ONLY)
+        if labels_only and exp["dataset"] == "sinusoid":
+            problems.append(f"'experiments.{name}.methods': {', '.join(labels_only)} classify by the support's "
+                            f"classes; dataset 'sinusoid' is regression")
         needs = sorted(m for m in exp["methods"] if base_method(m) in PRETRAINED_METHODS)
         if needs and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "

@@ -104,7 +104,8 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                 dagger[i] = colearner_score(learner, colearner, task, steps)
             else:
                 with torch.no_grad():
-                    dagger[i] = learner.metric(colearner.head(tapped[colearner.tap]), task.y_query)
+                    dagger[i] = learner.metric(colearner.head(colearner.query_rows(tapped[colearner.tap], task)),
+                                               task.y_query)
             dagger_wall += time.perf_counter() - t_co
     # the base method's own test time: CML†'s scoring (the co-learner head; for an ensemble another adaptation)
     # is timed apart, so that X + CML's inference cost compares with X's

@@ -55,6 +55,18 @@ class CoLearner(OuterTerm):
             learner.model.train(was)
         return tuple(found[self.tap].shape[1:])
 
+    @staticmethod
+    def query_rows(features: Tensor, task) -> Tensor:
+        """The co-learner's input: the query rows of the tapped feature map. Gradient-based methods tap their query
+        pass alone; methods that embed support and query in one forward pass (ProtoNet, Matching Networks, AMFS,
+        MTL: support first, as MetaLearner.embed_task) tap S + Q rows, of which the co-learner reads the last Q,
+        the same query examples the learner's loss scores."""
+        n_s, n_q = len(task.x_support), len(task.x_query)
+        if features.shape[0] == n_s + n_q and features.shape[0] != n_q:
+            return features[n_s:]
+        return features
+
     def forward(self, outcome: TaskOutcome) -> Tensor:
-        logits = self.head(outcome.features[self.tap])   # (N, ways), or a stack of MLP tasks (T, N, 1)
+        feats = self.query_rows(outcome.features[self.tap], outcome.task)
+        logits = self.head(feats)                        # (N, ways), or a stack of MLP tasks (T, N, 1)
         return self.meta[0].loss(logits, outcome.task.y_query)

@@ -78,7 +78,10 @@ ADDON_CHOICES: dict[str, str] = {
              "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0).",
     "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
            "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
-           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer.",
+           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer. On "
+           "methods that embed support and query in one pass (ProtoNet, Matching Networks, AMFS, MTL) it reads that "
+           "pass's query rows; for MTL, the frozen pretrained backbone's feature map under the meta-learned scaling "
+           "and shifting, so its gradient reaches MTL's scales and shifts, not the frozen weights.",
 }
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
