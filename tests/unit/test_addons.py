@@ -243,6 +243,22 @@ def test_oamfs_weights_match_a_hand_computation():
     torch.testing.assert_close(cosine_weights(opposite), torch.tensor([0.5, 0.5], dtype=torch.float64))
 
 
+def test_oamfs_weighs_tasks_by_the_learners_columns_only():
+    """With a co-learner, the per-task vectors hold its parameters too: the cosine weights come from the learner's
+    columns (here two agreeing tasks: equal weights) and apply to the whole vector."""
+    g = torch.tensor([[1.0, 0.0, 5.0], [1.0, 0.0, -5.0]], dtype=torch.float64)   # column 2: the co-learner's
+    learner = torch.tensor([True, True, False])
+    torch.testing.assert_close(CosineAggregator().combine_with(g, learner),
+                               torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    # over all columns the co-learner's conflict would have down-weighted both tasks' agreement: cos = -24/26
+    assert float(cosine_weights(g)[0]) == pytest.approx(0.5) and CosineAggregator().combine(g)[2] == pytest.approx(0)
+    everything = torch.ones(3, dtype=torch.bool)
+    assert torch.equal(CosineAggregator().combine_with(g, everything), CosineAggregator().combine(g))
+    h = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, -3.0]], dtype=torch.float64)
+    torch.testing.assert_close(CosineAggregator().combine_with(h, learner),
+                               (cosine_weights(h[:, :2]).unsqueeze(1) * h).sum(0), atol=1e-12, rtol=0)
+
+
 def test_oamfs_meta_step_combines_each_tasks_own_gradient():
     learner = mlp_learner("fomaml")
     tasks = sinusoid_tasks(3)

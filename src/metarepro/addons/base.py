@@ -23,6 +23,12 @@ class Aggregator:
         """(T, P) per-task gradient vectors -> (P,) meta-gradient."""
         raise NotImplementedError
 
+    def combine_with(self, grads: Tensor, learner_columns: Tensor) -> Tensor:
+        """As `combine`, told which of the P columns are the learner's own meta-parameters (the rest belong to
+        outer-loss terms such as CML's co-learner). An aggregator that weighs tasks by their gradients overrides
+        it to weigh by the learner's columns only; the default ignores the split."""
+        return self.combine(grads)
+
 
 class OuterTerm(nn.Module):
     """An extra outer-loss term with its own parameters: objective_i = L_query_i + weight * term(outcome_i).

@@ -8,6 +8,11 @@ No code was published; the exact weighting is our choice, written here:
     g   = sum_i w_i g_i / sum_i w_i                    a weighted mean (equal weights give the plain mean)
 T = 1 gives g_1; if every w_i is 0 (two exactly opposite gradients) the plain mean is used. A zero gradient
 vector has cosine 0 with every other one.
+
+With an outer-loss term that has parameters of its own (CML's co-learner), g_i also holds the term's parameters.
+The weights w_i are computed from the learner's own columns only (its meta-gradient, which includes the term's
+share on the learner's parameters) and applied to the whole g_i: O-AMFS weighs tasks by how the meta-learner's
+updates agree, and a separate model of another size in the same vector would otherwise shift that agreement.
 """
 from __future__ import annotations
 
@@ -38,3 +43,7 @@ class CosineAggregator(Aggregator):
 
     def combine(self, grads: Tensor) -> Tensor:
         return (cosine_weights(grads).unsqueeze(1) * grads).sum(0)
+
+    def combine_with(self, grads: Tensor, learner_columns: Tensor) -> Tensor:
+        own = grads if bool(learner_columns.all()) else grads[:, learner_columns]
+        return (cosine_weights(own).unsqueeze(1) * grads).sum(0)

@@ -371,7 +371,10 @@ class MetaLearner(nn.Module):
                 for p, z in zip(own, noise):
                     p.grad = z * scale if p.grad is None else p.grad + z * scale
         if per_task:
-            combined = aggregator.combine(torch.stack(grads))      # (T, P) -> (P,)
+            mine = {id(p) for p in self.parameters()}
+            learner_columns = torch.cat([torch.full((p.numel(),), id(p) in mine, dtype=torch.bool, device=p.device)
+                                         for p in params])
+            combined = aggregator.combine_with(torch.stack(grads), learner_columns)      # (T, P) -> (P,)
             offset = 0
             for i, p in enumerate(params):   # a parameter no task's objective reached keeps grad None, as in backward
                 p.grad = combined[offset:offset + p.numel()].view_as(p).clone() if i in used else None

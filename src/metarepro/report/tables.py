@@ -75,7 +75,8 @@ ADDON_CHOICES: dict[str, str] = {
           "a hard meta-batch (as many tasks as the ordinary one) of N classes drawn from the pool with fresh "
           "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined.",
     "oamfs": "No code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
-             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0).",
+             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0); with "
+             "CML, the cosines use the learner's parameters only and the weights apply to the co-learner's too.",
     "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
            "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
            "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer. On "
