@@ -24,7 +24,8 @@ from .methods.base import tap_outputs
 from .runtime import load_learner
 from .stats import mean_ci95 as mean_ci
 from .classes import overlap, overlap_error
-from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_threads, write_json_atomic
+from .utils import (MetareproError, git_revision, peak_memory_mb, resolve_device, set_determinism, set_threads,
+                    write_json_atomic)
 
 log = logging.getLogger("metarepro.evaluate")
 
@@ -53,6 +54,9 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         raise MetareproError("a cross-domain evaluation (--target) needs --target-data and takes no --shots")
     model_path = run_dir / "model.pt"
     set_threads(threads)
+    # strict numerics reach evaluation too: deterministic algorithms, as in meta-training (eval.json records it)
+    if numerics.strict_requested():
+        set_determinism(True)
     device = resolve_device(device)
     learner, run, state = load_learner(model_path, device)
     members = ensemble_members(learner, state)

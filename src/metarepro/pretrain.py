@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import data as datasets
-from . import models
+from . import models, numerics
 from .config import PretrainConfig
 from .data.episodes import resize_center_crop
 from .data.store import ImageSplit
@@ -38,7 +38,7 @@ from .methods.protonet import class_means
 from .runtime import load_backbone, load_resume_state, write_outputs
 from .stats import mean_ci95
 from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
-                    set_rng_state, set_threads)
+                    set_determinism, set_rng_state, set_threads)
 
 log = logging.getLogger("metarepro.pretrain")
 
@@ -116,6 +116,8 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     if datasets.get(cfg.dataset).generated:
         raise MetareproError(f"dataset {cfg.dataset!r} is generated on the fly: it has no classes to pretrain on")
     set_threads(threads)
+    if numerics.strict_requested():      # strict numerics: deterministic algorithms here too, as in meta-training
+        set_determinism(True)
     device = resolve_device(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,20 @@ def test_cml_analyses_are_recorded_and_rendered(tmp_path):
         ANALYSIS_FIGURES["cml_noise"](dirs[:2], tmp_path / "x.png")
     with pytest.raises(MetareproError, match="train.diagnostics_every"):
         ANALYSIS_FIGURES["cml_cosine"](dirs[:1], tmp_path / "y.png")
+
+
+def test_strict_numerics_reach_evaluation(tmp_path, monkeypatch):
+    """A strict run's eval.json records deterministic algorithms (strict mode reaches evaluation, not only training)."""
+    import torch
+
+    from metarepro import numerics
+    from metarepro.evaluate import evaluate
+    run_dir = _trained(tmp_path)
+    was = torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv(numerics.ENV_FLAG, "1")
+    try:
+        torch.use_deterministic_algorithms(False)
+        ev = json.loads(evaluate(run_dir, progress=False).read_text())
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert ev["numerics"]["strict"] is True and ev["numerics"]["deterministic"] is True
