@@ -285,10 +285,12 @@ def run_setup(ev: dict) -> dict:
 
 def setup_differences(setup: dict, p: PaperRow) -> list[str]:
     """How the published row's setup differs from our run's (empty: like for like). A published backbone without
-    widths ("conv4") matches any widths of its family: the source does not state them."""
+    widths ("conv4") matches any widths of its family: the source does not state them; so does a run of ours whose
+    config gives none (the backbone's defaults, e.g. the sinusoid MLP's 40-40)."""
     out = []
     family, _, widths = p.backbone.partition("-")
-    if family != setup["family"] or (widths and p.backbone != setup["backbone"]):
+    ours_widths = setup["backbone"] != setup["family"]
+    if family != setup["family"] or (widths and ours_widths and p.backbone != setup["backbone"]):
         out.append(f"{p.backbone}; ours {setup['backbone']}")
     elif setup["extra"]:
         out.append(f"{p.backbone}; ours {setup['backbone']} with {setup['extra']}")
