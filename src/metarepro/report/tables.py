@@ -483,6 +483,15 @@ def _pipe_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def claim_cells(c: Comparison | None, nd: int) -> list[str]:
+    """A comparison's cells, as every table prints them: paired Δ ± CI, seeds with Δ's sign, p over seeds (none for
+    one seed), and whether it is significant with what its CI spans."""
+    if c is None:
+        return [DASH, DASH, DASH, DASH]
+    return [f"{c.mean:+.{nd}f} ± {c.ci95:.{nd}f}", c.same_sign_text, DASH if c.seeds < 2 else _fmt_p(c.p),
+            ("yes" if c.significant else "no") + f" ({c.span})"]
+
+
 def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     nd = _nd(row["metric"])
     ours = _fmt_ci(row["ours_mean"], row["ours_ci95"], nd)
@@ -494,18 +503,12 @@ def _md_cells(row: dict, sinus: bool, wall_time: bool = False) -> list[str]:
     if row.get("setup_difference"):
         # a published number of another setup: its own column, naming the difference, never "ours − paper"
         other, paper_txt = f"{paper_txt} ({row['setup_difference']})", DASH
-    pair: Comparison | None = row.get("_pair")
     if row["_is_ref"]:
         vs, same, p, holds = "reference", DASH, DASH, DASH
-    elif pair is None:
-        vs, same, p, holds = DASH, DASH, DASH, DASH
     else:
-        vs = f"{pair.mean:+.{nd}f} ± {pair.ci95:.{nd}f}"
-        if row["paired_with"] != REFERENCE_METHOD:
+        vs, same, p, holds = claim_cells(row.get("_pair"), nd)
+        if vs != DASH and row["paired_with"] != REFERENCE_METHOD:
             vs += f" (vs {row['_paired_label']})"
-        same = pair.same_sign_text
-        p = DASH if pair.seeds < 2 else _fmt_p(pair.p)
-        holds = ("yes" if pair.significant else "no") + f" ({pair.span})"
     source = f"{row['paper']} {row['ref']}" if row["paper"] else DASH
     cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]), row["setting"], method, row["backbone"],
              row["budget"]] + ([_fmt_wall(row)] if wall_time else [])

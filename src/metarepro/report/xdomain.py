@@ -15,8 +15,8 @@ from typing import Sequence
 
 from ..stats import MIN_CLAIM_SEEDS, Comparison, ci_span, compare_seeds, seed_mean_ci95
 from ..utils import MetareproError, write_text_atomic
-from .tables import (DASH, DATASET_LABELS, REFERENCE_METHOD, _fmt, _fmt_ci, _fmt_p, _pipe_table, load_eval,
-                     mean_ci95, method_label, render_csv)
+from .tables import (DATASET_LABELS, REFERENCE_METHOD, _fmt_ci, _pipe_table, claim_cells, load_eval, mean_ci95,
+                     method_label, render_csv)
 
 CSV_COLUMNS = ["method", "method_label", "source", "target", "ways", "shots", "profile", "seeds", "episodes",
                "episode_set", "ci_over", "in_domain_mean", "in_domain_ci95", "cross_domain_mean", "cross_domain_ci95",
@@ -107,14 +107,6 @@ def build_rows(evals: list[dict]) -> list[dict]:
     return rows
 
 
-def _claim(c: Comparison | None) -> list[str]:
-    """Cells: paired Δ ± CI, seeds with Δ's sign, p over seeds, significant (and what the CI spans)."""
-    if c is None:
-        return [DASH, DASH, DASH, DASH]
-    return [f"{_fmt(c.mean, 2, sign=True)} ± {_fmt(c.ci95, 2)}", c.same_sign_text,
-            DASH if c.seeds < 2 else _fmt_p(c.p), ("yes" if c.significant else "no") + f" ({c.span})"]
-
-
 def _g(row: dict, key: str) -> float:
     v = row.get(key)
     return float("nan") if v is None else float(v)
@@ -130,7 +122,7 @@ def render_markdown(title: str, rows: list[dict]) -> str:
             ci = lambda k: _fmt_ci(_g(r, f"{k}_mean"), _g(r, f"{k}_ci95"), 2)  # noqa: E731
             body.append([f"{_label(r['source'])} → {_label(r['target'])}", f"{r['ways']}-way {r['shots']}-shot",
                          ci("in_domain"), ci("cross_domain"), ci("target_trained"), r["ci_over"]]
-                        + _claim(r.get("_vs_target_trained")))
+                        + claim_cells(r.get("_vs_target_trained"), 2))
         lines += [_pipe_table(["Source → target", "Setting", "In-domain (source test)", "Cross-domain (target test)",
                                "Trained on target (in-domain)", "CI spans",
                                "Cross-domain − trained on target (paired Δ ± CI)", "Seeds with Δ's sign",
@@ -141,7 +133,7 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         if r.get("reference") is None:
             continue
         body.append([f"{_label(r['source'])} → {_label(r['target'])}", f"{r['ways']}-way {r['shots']}-shot",
-                     r["method_label"], method_label(r["reference"])] + _claim(r.get("_vs_reference")))
+                     r["method_label"], method_label(r["reference"])] + claim_cells(r.get("_vs_reference"), 2))
     lines += [_pipe_table(["Source → target", "Setting", "Method", "vs", "Paired difference (points)",
                            "Seeds with Δ's sign", "p (t over seeds)", "Significant (Δ's CI spans)"], body)
               if body else "(no reference-method run on these targets)", ""]
