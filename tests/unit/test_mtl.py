@@ -23,12 +23,34 @@ def test_scaling_and_shifting_of_every_frozen_convolution():
     learner = _mtl(shift="all")
     conv = learner.model.features[0][0]
     with torch.no_grad():
-        learner.ss_scale[0].copy_(torch.tensor([0.5, 2.0, -1.0]))
+        learner.ss_scale[0].copy_(torch.tensor([0.5, 2.0, -1.0]).view(3, 1, 1, 1))
         learner.ss_shift[0].copy_(torch.tensor([0.1, -0.2, 0.3]))
+        learner.ss_scale[1].copy_(torch.arange(9, dtype=torch.float64).view(3, 3, 1, 1) / 4 - 1)
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
-    w = conv.weight * learner.ss_scale[0].view(-1, 1, 1, 1)              # W ⊙ Φ_S1, per filter
+    w = conv.weight * torch.tensor([0.5, 2.0, -1.0], dtype=torch.float64).view(-1, 1, 1, 1)   # W ⊙ Φ_S1
     want = F.conv2d(x, w, conv.bias + learner.ss_shift[0], padding=1)     # + (b + Φ_S2)
     torch.testing.assert_close(conv(x), want, rtol=0, atol=1e-12)
+    # one scale per 3x3 kernel, i.e. per (output, input) channel pair, as the official conv2d_mtl's mtl_weight
+    conv2 = learner.model.features[1][0]
+    h = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    w2 = conv2.weight.clone()
+    for o in range(3):
+        for i in range(3):
+            w2[o, i] *= o * 3 / 4 + i / 4 - 1
+    torch.testing.assert_close(conv2(h), F.conv2d(h, w2, conv2.bias + learner.ss_shift[1], padding=1),
+                               rtol=0, atol=1e-12)
+    assert [tuple(s.shape) for s in learner.ss_scale] == [(3, 1, 1, 1)] + [(3, 3, 1, 1)] * 3
+    assert [tuple(s.shape) for s in learner.ss_shift] == [(3,)] * 4
+    # the frozen weights keep their names: a pretrained backbone's state loads as is; copies stay modulated
+    assert set(learner.model.features.state_dict()) == set(models.build("conv4", (1, 16, 16), 5, filters=3)
+                                                           .features.state_dict())
+    import copy
+    twin = copy.deepcopy(learner)
+    with torch.no_grad():
+        twin.ss_scale[1].mul_(2.0)
+    torch.testing.assert_close(conv2(h), F.conv2d(h, w2, conv2.bias + learner.ss_shift[1], padding=1),
+                               rtol=0, atol=1e-12)
+    assert not torch.allclose(twin.model.features[1][0](h), conv2(h))
     assert len(learner.ss_scale) == 4 and len(learner.ss_shift) == 4
     assert len(_mtl(shift="first").ss_shift) == 1                          # the official code's choice
 

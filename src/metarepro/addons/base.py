@@ -40,7 +40,8 @@ class OuterTerm(nn.Module):
 
     name = "base"
     # True: a control run. The term's own parameters learn as usual, but its gradient on the learner's parameters
-    # is replaced, per meta-step, by isotropic Gaussian noise of the same norm (MetaLearner.meta_gradient)
+    # is replaced, per meta-step, by isotropic Gaussian noise of the same norm, on the parameters that gradient
+    # reaches less the backbone's head: the feature extractor (MetaLearner.meta_gradient)
     noise_control = False
     tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
 

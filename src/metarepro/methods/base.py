@@ -333,6 +333,7 @@ class MetaLearner(nn.Module):
             mine = {id(p) for p in self.parameters()}
             own = [p for p in params if id(p) in mine]
         split = {t.name: [torch.zeros_like(p) for p in own] for t in split_terms}
+        reached: dict[str, set[int]] = {t.name: set() for t in split_terms}   # own[i] that a term's gradient reaches
         for batch in batches:
             with tap_outputs(self.model, taps) as features:
                 o = self.outcome(batch)
@@ -344,9 +345,10 @@ class MetaLearner(nn.Module):
                 if term.name in split:
                     share = term.weight * extra / len(tasks)
                     g = torch.autograd.grad(share, own, retain_graph=True, allow_unused=True)
-                    for acc, gi in zip(split[term.name], g):
+                    for i, (acc, gi) in enumerate(zip(split[term.name], g)):
                         if gi is not None:
                             acc += gi
+                            reached[term.name].add(i)
                     if term.noise_control:          # the term's own parameters still learn from it
                         share.backward(inputs=list(term.parameters()), retain_graph=True)
                         continue
@@ -364,11 +366,16 @@ class MetaLearner(nn.Module):
             stats.tasks.extend(o.results(self))
         for term in terms:
             if term.name in split and term.noise_control:
-                # the control: the learner gets Gaussian noise of the norm the term's gradient had, not the term's
-                # gradient (drawn from torch's global RNG, which checkpoints save, so a resumed run is the same)
-                noise = [torch.randn_like(p) for p in own]
-                scale = _norm(split[term.name]) / _norm(noise).clamp_min(1e-30)
-                for p, z in zip(own, noise):
+                # the control: in place of the term's gradient, Gaussian noise of the norm that gradient had, on what
+                # it reaches on the feature side: the learner's parameters it reaches, less the backbone's head (which
+                # a co-learner on the features reaches only through the inner loop's second-order terms); drawn from
+                # torch's global RNG, which checkpoints save, so a resumed run is the same
+                head = {id(p) for p in self.model.head.parameters()}
+                idx = sorted(i for i in reached[term.name] if id(own[i]) not in head)
+                noise = [torch.randn_like(own[i]) for i in idx]
+                scale = _norm([split[term.name][i] for i in idx]) / _norm(noise).clamp_min(1e-30) if idx else 0.0
+                for i, z in zip(idx, noise):
+                    p = own[i]
                     p.grad = z * scale if p.grad is None else p.grad + z * scale
         if per_task:
             mine = {id(p) for p in self.parameters()}

@@ -3,10 +3,12 @@ its meta-transfer stage: scaling & shifting (SS) of a frozen pretrained backbone
 
 - Stage 1 (pretraining) is the pipeline's pretrain stage: a classifier over all meta-train classes, selected on
   validation episodes, its head discarded (the training loop loads the backbone: `needs_pretrained`).
-- Every convolution of the backbone is frozen and modulated: (W ⊙ Φ_S1) X + (b + Φ_S2), one scale per filter
-  (init 1) and one shift per filter (init 0). A per-filter scale of W scales that filter's output, so this is
-  computed as Φ_S1 ⊙ (W X) + b + Φ_S2 by a forward hook on each convolution. `shift: all` shifts every
-  convolution (the paper); `shift: first` only the first, as the official code (whose convolutions have no bias).
+- Every convolution of the backbone is frozen and modulated: (W ⊙ Φ_S1) X + (b + Φ_S2), as the paper (Sec. 4.2)
+  and its official `conv2d_mtl.py` define it: one scale per 3x3 kernel, that is per (output, input) channel pair
+  (`mtl_weight` of shape (out, in, 1, 1) there, init 1), and one shift per output channel (init 0). A per-kernel
+  scale does not factor out of the convolution, so the convolution runs on the modulated weight W ⊙ Φ_S1 (its
+  `forward` is replaced; the frozen W keeps its name, so the pretrained state loads as is). `shift: all` shifts
+  every convolution (the paper); `shift: first` only the first, as the official code (whose convs have no bias).
 - Batch-norm affine parameters stay trainable; SS and batch norm are meta-learned in the outer loop only, at
   `ss_lr` (1e-4), the classifier initialisation theta at the meta lr (1e-3), both by Adam (`param_groups`).
 - Inner loop: only the head theta adapts, `inner_steps` (100) plain SGD steps at `inner_lr` (0.01) on the support
@@ -16,6 +18,7 @@ its meta-transfer stage: scaling & shifting (SS) of a frozen pretrained backbone
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import torch
@@ -53,7 +56,8 @@ class MTL(MetaLearner):
             raise ValueError(f"{type(model).__name__} has no convolutions to scale and shift")
         ref = next(model.parameters())
         ss = mode == "ss"
-        self.ss_scale = nn.ParameterList([nn.Parameter(torch.ones(c.out_channels).to(ref)) for c in convs if ss])
+        self.ss_scale = nn.ParameterList([nn.Parameter(torch.ones(c.out_channels, c.in_channels // c.groups, 1, 1)
+                                                       .to(ref)) for c in convs if ss])
         self.ss_shift = nn.ParameterList([nn.Parameter(torch.zeros(c.out_channels).to(ref))
                                           for c in (convs if shift == "all" else convs[:1]) if ss])
         if mode == "theta":
@@ -64,15 +68,16 @@ class MTL(MetaLearner):
         for i, conv in enumerate(convs):
             for p in conv.parameters():
                 p.requires_grad_(False)          # the pretrained filters stay fixed
-            conv.register_forward_hook(self._modulate(i))
+            # an instance attribute: nn.Module calls it in place of Conv2d.forward; a partial of a bound method
+            # deep-copies with the learner (evaluation copies it), unlike a closure
+            conv.forward = functools.partial(self._modulated_conv, conv, i)
 
-    def _modulate(self, i: int):
-        def hook(conv: nn.Conv2d, _inputs, out: Tensor) -> Tensor:
-            scale = self.ss_scale[i].view(1, -1, 1, 1)
-            bias = conv.bias.view(1, -1, 1, 1) if conv.bias is not None else None
-            out = scale * (out - bias) + bias if bias is not None else scale * out
-            return out + self.ss_shift[i].view(1, -1, 1, 1) if i < len(self.ss_shift) else out
-        return hook
+    def _modulated_conv(self, conv: nn.Conv2d, i: int, x: Tensor) -> Tensor:
+        """(W ⊙ Φ_S1) X + (b + Φ_S2) for the i-th convolution."""
+        bias = conv.bias
+        if i < len(self.ss_shift):
+            bias = self.ss_shift[i] if bias is None else bias + self.ss_shift[i]
+        return conv._conv_forward(x, conv.weight * self.ss_scale[i], bias)
 
     def param_groups(self, meta_lr: float) -> list[dict]:
         """Adam groups: SS and batch norm (mode ft: every backbone weight) at `ss_lr`, the head's initialisation
