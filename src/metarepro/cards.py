@@ -27,10 +27,22 @@ class MethodCard:
     meta_trainable: bool = True
     any_train_ways: bool = False
     classification_only: bool = False     # compares class prototypes or attends over labels: no regression
+    # settings that validate one by one but cannot mean what the label says together: each a Python expression over
+    # the hyperparameters (defaults filled in) that must hold, and the message that says why and what to change
+    constraints: tuple[dict, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         """Every hyperparameter's default (what a run gets when its config block omits it)."""
         return {k: v["default"] for k, v in self.hparams.items() if "default" in v}
+
+    def problems(self, hp: dict | None) -> list[str]:
+        """The messages of the constraints that the config block `hp` (defaults filled in) violates."""
+        values = {**self.defaults(), **{k: v for k, v in (hp or {}).items() if k != "addons"}}
+        out = []
+        for c in self.constraints:
+            if not eval(c["require"], {"__builtins__": {}}, dict(values)):   # shipped expressions, not user input
+                out.append(c["message"].format(**values))
+        return out
 
     def schema(self) -> dict:
         """The JSON schema of this method's config block (its hyperparameters plus the add-ons' settings)."""
@@ -44,7 +56,7 @@ def cards() -> dict[str, MethodCard]:
     raw = yaml.safe_load(CARDS_PATH.read_text())
     out = {}
     for name, c in raw.items():
-        unknown = set(c) - {"label", "citation", "hparams", "choices", *FLAGS}
+        unknown = set(c) - {"label", "citation", "hparams", "choices", "constraints", *FLAGS}
         if unknown or not {"label", "citation"} <= set(c):
             raise ValueError(f"{CARDS_PATH}: method {name!r} has unknown fields {sorted(unknown)} or lacks "
                              "label/citation")
@@ -53,6 +65,7 @@ def cards() -> dict[str, MethodCard]:
                 raise ValueError(f"{CARDS_PATH}: {name}.hparams.{hp} needs a default and a description (its source)")
         out[name] = MethodCard(name=name, label=c["label"], citation=c["citation"], hparams=dict(c.get("hparams") or {}),
                                choices=" ".join(str(c.get("choices") or "").split()),
+                               constraints=tuple(c.get("constraints") or ()),
                                **{f: bool(c.get(f, d)) for f, d in FLAGS.items()})
     return out
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import yaml
 from jsonschema import Draft7Validator, validators
 
-from .cards import cards, with_flag
+from .cards import card, cards, with_flag
 from .classes import overlap, overlap_error, split_class_names
 from .utils import MetareproError
 
@@ -309,6 +309,7 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
         for m, hp in exp["methods"].items():
             problems += addon_problems(f"experiments.{name}.methods.{m}", m, hp, exp["dataset"])
+            problems += [f"'experiments.{name}.methods.{m}': {msg}" for msg in card(base_method(m)).problems(hp)]
         for m in exp["methods"]:
             for k in exp["shots"]:
                 key = (exp["dataset"], m, exp["ways"], k)

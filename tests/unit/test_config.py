@@ -398,3 +398,23 @@ def test_pretraining_settings_may_differ_per_backbone_and_aliases_stay_apart() -
     fc = default["experiments"]["fc100_cml"]["methods"]
     assert "addons" not in fc["boil"] and fc["boil+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
     assert "radius" not in default["experiments"]["fc100"]["methods"]["maml"]
+
+
+@pytest.mark.parametrize("hp, ok", [
+    ({"inner_steps": 2, "skip_window": 2}, False),                       # paper indexing: first skip at step w + 1
+    ({"inner_steps": 3, "skip_window": 2}, True),
+    ({"inner_steps": 2, "skip_window": 1}, True),
+    ({"inner_steps": 1, "skip_window": 2, "skip": False}, True),         # the Q_j-only ablation, named as such
+    ({"inner_steps": 2, "skip_window": 2, "skip_mode": "window"}, True),  # window indexing: theta_2 mixes theta_0
+])
+def test_a_pamela_run_whose_skip_cannot_fire_is_refused_before_any_job(hp: dict, ok: bool) -> None:
+    """A run labelled PAMELA must apply P^w: settings under which no inner step ends in a skip are refused by the
+    validator, naming the run and what to change."""
+    cfg = _raw("default")
+    name = next(n for n, e in cfg["experiments"].items() if "pamela" in e["methods"])
+    cfg["experiments"][name]["methods"]["pamela"] = hp
+    if ok:
+        validate_config(copy.deepcopy(cfg))
+        return
+    with pytest.raises(ConfigError, match=rf"experiments\.{name}\.methods\.pamela.*no\s+inner step ends in a skip"):
+        validate_config(cfg)

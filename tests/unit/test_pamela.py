@@ -192,3 +192,37 @@ def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     task = random_image_tasks(1, queries=2, seed=1)[0]
     s1, s2 = m.evaluate_task(task), m2.evaluate_task(task)
     assert len(s1) == 4 and s1 == s2
+
+
+def test_kernel_granularity_shares_q_and_p_within_each_3x3_kernel():
+    """Default granularity: one Q_j / P^w entry per (output, input) kernel of a convolution, one per entry of every
+    other tensor; one inner step is theta - 0.1 exp(rho) * grad with rho broadcast over the 3x3 kernel (by hand);
+    'element' is the paper's notation (one per weight), 'channel' one per output channel."""
+    torch.manual_seed(0)
+    model = Conv4((1, 16, 16), 2, filters=3).double()
+    m = PAMELA(model, "classification", inner_lr=0.1, inner_steps=3, skip_window=2)
+    shapes = {k: tuple(v.shape) for k, v in m.q[0].items()}
+    assert shapes["features__0__0__weight"] == (3, 1, 1, 1) and shapes["features__1__0__weight"] == (3, 3, 1, 1)
+    assert shapes["head__weight"] == tuple(model.head.weight.shape) and shapes["head__bias"] == (2,)
+    assert len(m.q) == 3 and len(m.p_raw) == 1 and {k: tuple(v.shape) for k, v in m.p_raw[0].items()} == shapes
+    with torch.no_grad():
+        for rho in m.q[0].values():
+            rho.copy_(torch.randn_like(rho) * 0.5)
+    task = random_image_tasks(1, queries=1, seed=2, size=16, ways=2)[0]
+    task = Task(task.x_support.double(), task.y_support, task.x_query.double(), task.y_query)
+    m.train()
+    params = dict(model.named_parameters())
+    loss = torch.nn.functional.cross_entropy(model(task.x_support), task.y_support)
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    one = list(m.adapt_trajectory(task, 1, False))[-1].params
+    w = "features.1.0.weight"
+    want = params[w] - 0.1 * torch.exp(m.q[0]["features__1__0__weight"]) * grads[w]
+    assert torch.allclose(one[w], want, atol=1e-12, rtol=0)
+    k = m.q[0]["features__1__0__weight"]
+    by_hand = params[w][1, 2] - 0.1 * float(torch.exp(k[1, 2, 0, 0].detach())) * grads[w][1, 2]
+    assert torch.allclose(one[w][1, 2], by_hand, atol=1e-6, rtol=0)
+    n = sum(p.numel() for p in model.parameters())
+    extra = lambda g: sum(p.numel() for p in PAMELA(Conv4((1, 16, 16), 2, filters=3), inner_lr=0.1, inner_steps=3,
+                                                     granularity=g).parameters()) - n
+    assert extra("element") == 4 * n                      # 3 Q_j + 1 P^w, each one entry per weight
+    assert extra("channel") < extra("kernel") < extra("element")

@@ -146,6 +146,7 @@ VARIANT_SWITCHES = {
     "maml@more": {},
     "maml@branch": {},
     "sharp_maml@cmlp": {"sam_outer": True, "sam_inner": False},
+    "pamela@cmlp": {"q_mode": "per_step", "skip": False},       # one inner step: P^w cannot act, labelled Q_j only
 }
 # methods whose full version is itself a labelled variant (the paper names every row by its switches)
 FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}

@@ -59,6 +59,7 @@ VARIANT_LABELS: dict[str, str] = {
     "maml@more": "More-MAML (+2 conv layers)",              # CML's parameter-matched controls
     "maml@branch": "MAML, multi-branch",
     "sharp_maml@cmlp": "Sharp-MAML (up, CML protocol)",    # the protocol tag below, on the "up" variant
+    "pamela@cmlp": "PAMELA, Q_j only (CML protocol: 1 inner step, no skip)",   # P^w cannot act in one step
 }
 # Tags that name a protocol rather than switches: `maml@cmlp` is MAML run at CML's protocol (config/paper.yaml,
 # beside MAML at its own paper's protocol under the plain name); labelled "<method label> (<protocol>)".
