@@ -30,6 +30,9 @@ class MethodCard:
     # settings that validate one by one but cannot mean what the label says together: each a Python expression over
     # the hyperparameters (defaults filled in) that must hold, and the message that says why and what to change
     constraints: tuple[dict, ...] = ()
+    # the parameter count the method's paper gives or defines, relative to MAML on its backbone: {vs_maml: "+34%",
+    # source: "..."}; the complexity tables print it beside ours
+    paper_parameters: dict = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         """Every hyperparameter's default (what a run gets when its config block omits it)."""
@@ -56,7 +59,7 @@ def cards() -> dict[str, MethodCard]:
     raw = yaml.safe_load(CARDS_PATH.read_text())
     out = {}
     for name, c in raw.items():
-        unknown = set(c) - {"label", "citation", "hparams", "choices", "constraints", *FLAGS}
+        unknown = set(c) - {"label", "citation", "hparams", "choices", "constraints", "paper_parameters", *FLAGS}
         if unknown or not {"label", "citation"} <= set(c):
             raise ValueError(f"{CARDS_PATH}: method {name!r} has unknown fields {sorted(unknown)} or lacks "
                              "label/citation")
@@ -66,6 +69,7 @@ def cards() -> dict[str, MethodCard]:
         out[name] = MethodCard(name=name, label=c["label"], citation=c["citation"], hparams=dict(c.get("hparams") or {}),
                                choices=" ".join(str(c.get("choices") or "").split()),
                                constraints=tuple(c.get("constraints") or ()),
+                               paper_parameters=dict(c.get("paper_parameters") or {}),
                                **{f: bool(c.get(f, d)) for f, d in FLAGS.items()})
     return out
 

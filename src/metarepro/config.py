@@ -297,6 +297,9 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                 problems.append(f"'experiments.{name}.{where}.ways' = {tw} differs from ways = {exp['ways']}, but "
                                 f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
                                 f"{tw}-way episodes; only {', '.join(sorted(ANY_TRAIN_WAYS))} can")
+        if exp.get("tasks") and exp["dataset"] != "sinusoid":
+            problems.append(f"'experiments.{name}.tasks': only a generated dataset (sinusoid) has a task distribution "
+                            f"to set; dataset {exp['dataset']!r} reads its prepared data")
         if exp.get("input"):
             inp, size = exp["input"], dataset_args(cfg, exp["dataset"]).get("image_size")
             if exp["dataset"] == "sinusoid":
@@ -486,10 +489,10 @@ def pretrain_dir(cfg: dict, dataset: str, backbone: str, backbone_args: dict, se
     return f"{cfg['results_dir']}/{dataset}/pretrain/{pretrain_label(backbone, backbone_args, input_crop)}/seed{seed}"
 
 
-def run_dataset_args(cfg: dict, dataset: str, input_crop: dict | None) -> dict:
+def run_dataset_args(cfg: dict, dataset: str, input_crop: dict | None, tasks: dict | None = None) -> dict:
     """A dataset's options plus a run's `input` transform when it has one (a run-time transform: it does not change
-    the prepared data, so prepare's options leave it out)."""
-    out = dataset_args(cfg, dataset)
+    the prepared data, so prepare's options leave it out), and its experiment's `tasks` options (generated data)."""
+    out = {**dataset_args(cfg, dataset), **copy.deepcopy(tasks or {})}
     if input_crop:
         out["input"] = dict(input_crop)
     return out
@@ -511,7 +514,8 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
                   "/backbone.pt" if base_method(method) in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
-        dataset_args=run_dataset_args(cfg, dataset, exp.get("input")), data_dir=f"{cfg['data']['dir']}/{dataset}",
+        dataset_args=run_dataset_args(cfg, dataset, exp.get("input"), exp.get("tasks")),
+        data_dir=f"{cfg['data']['dir']}/{dataset}",
         backbone=exp["backbone"], backbone_args=dict(exp["backbone_args"]),
         method=method, method_args={k: v for k, v in exp["methods"][method].items() if k != "addons"},
         addons=copy.deepcopy(exp["methods"][method].get("addons") or {}),

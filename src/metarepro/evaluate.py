@@ -299,7 +299,7 @@ def sinusoid_fits(learner, eps, steps: int) -> list[dict]:
     for i in range(N_FITS):
         task = eps.episode(i)
         amp, phase = task.info["amplitude"], task.info["phase"]
-        xg, yg = eps.tasks.curve(amp, phase)
+        xg, yg = eps.tasks.curve(amp, phase, frequency=task.info.get("frequency", 1.0))
         grid = torch.as_tensor(xg, dtype=torch.float32).view(-1, 1)
         preds = {}
         for learner_j in learner.adapt_trajectory(task, steps, create_graph=False):

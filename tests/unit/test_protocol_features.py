@@ -222,3 +222,40 @@ def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_pa
     rows = tables.build_rows(tables.with_colearner_rows([ev]), [])[0]
     assert [r["method_label"] for r in rows] == ["MAML + CML", "MAML + CML†"]
     assert rows[1]["ours_mean"] == pytest.approx(co["mean"])
+
+
+def test_sinusoid_frequency_li_et_al_and_a_fixed_frequency_leaves_the_task_stream_unchanged():
+    """`frequency: [0.8, 1.2]` (Li et al. 2017) draws w per task and y = A sin(w x - phi); a fixed frequency draws
+    nothing, so MAML's tasks are bit for bit those of the generator without the option."""
+    from metarepro.data.sinusoid import SinusoidTasks
+    plain, li = SinusoidTasks(), SinusoidTasks(frequency=(0.8, 1.2))
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    t = plain.task(a, 5, 10)
+    amp, phase = b.uniform(0.1, 5.0), b.uniform(0.0, math.pi)           # the old stream, written out
+    x = b.uniform(-5.0, 5.0, size=(15, 1))
+    assert torch.equal(t.x_support, torch.as_tensor(x[:5], dtype=torch.float32))
+    assert torch.equal(t.y_query, torch.as_tensor(amp * np.sin(x[5:] - phase), dtype=torch.float32))
+    assert t.info["frequency"] == 1.0
+    freqs = []
+    for _ in range(200):
+        task = li.task(a, 5, 10)
+        w, A, p = task.info["frequency"], task.info["amplitude"], task.info["phase"]
+        freqs.append(w)
+        want = A * np.sin(w * task.x_query.double().numpy() - p)
+        np.testing.assert_allclose(task.y_query.numpy(), want, atol=1e-5, rtol=0)
+    assert 0.8 <= min(freqs) < 0.85 and 1.15 < max(freqs) <= 1.2
+
+
+def test_experiment_tasks_block_sets_a_generated_datasets_distribution_and_is_refused_elsewhere():
+    from metarepro.config import ConfigError, load_config, resolve_run
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "config/cpu_fidelity.yaml")
+    run = resolve_run(cfg, "sinusoid_li", "maml", 5, 0)
+    assert run.dataset_args["frequency"] == [0.8, 1.2] and run.evaluation["queries"] == 100
+    assert "frequency" not in resolve_run(load_config(repo / "config/config.yaml"), "sinusoid", "maml", 5, 0).dataset_args
+    import yaml
+    raw = yaml.safe_load((repo / "config/cpu_fidelity.yaml").read_text())
+    raw["experiments"]["omniglot_maml"]["tasks"] = {"frequency": [0.8, 1.2]}
+    from metarepro.config import validate_config
+    with pytest.raises(ConfigError, match=r"experiments\.omniglot_maml\.tasks.*generated dataset"):
+        validate_config(raw)

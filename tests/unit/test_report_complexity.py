@@ -66,14 +66,16 @@ def test_complexity_numbers_ratio_to_maml_and_seed_means(tmp_path):
 
     md = md_path.read_text()
     assert md.startswith("# PAMELA complexity\n")
-    assert "| Parameters | vs MAML | Meta-trained parameters | Test score | Meta-train s / iteration | Adaptation ms / task | Test inner steps |" in md
+    assert "| Parameters | vs MAML | Paper: vs MAML | Meta-trained parameters | Test score | Meta-train s / iteration | Adaptation ms / task | Test inner steps |" in md
     # the test score beside the parameters: one seed's mean; two seeds' mean with the CI over seeds
-    assert "| miniImageNet | 5-way 5-shot | MAML | conv4-64 | 32,000 | reference (pamela@maml) | 32,000 | 60.00% ± 0.00 | 0.500 | 80.0 |" in md
-    assert "| 40,000 | +25.00% (+8,000) | 40,000 | 60.00% | 1.500 | 200.0 |" in md
+    assert "| miniImageNet | 5-way 5-shot | MAML | conv4-64 | 32,000 | reference (pamela@maml) | — | 32,000 | 60.00% ± 0.00 | 0.500 | 80.0 |" in md
+    # PAMELA's paper count beside ours (its method card): about 34% more parameters than MAML
+    assert "| 40,000 | +25.00% (+8,000) | +34% | 40,000 | 60.00% | 1.500 | 200.0 |" in md
+    assert "PAMELA +34% (Rajasegaran et al. 2020" in md and rows[("5", "pamela")]["paper_vs_maml"] == "+34%"
     # the test-time inner steps behind the adaptation time (eval.json `inner_steps`)
-    assert "| 40,000 | +25.00% (+8,000) | 40,000 | 60.00% | 1.500 | 200.0 | 3 | 1,500 | 900 | cpu |" in md
+    assert "| 40,000 | +25.00% (+8,000) | +34% | 40,000 | 60.00% | 1.500 | 200.0 | 3 | 1,500 | 900 | cpu |" in md
     assert float(rows[("5", "pamela")]["test_mean"]) == pytest.approx(60.0) and rows[("5", "pamela")]["metric"] == "accuracy"
-    assert "| 32,001 | <+0.01% (+1) |" in md                                    # too small for two decimals
+    assert "| 32,001 | <+0.01% (+1) | — |" in md                                    # too small for two decimals
     assert "| 5-way 1-shot | PAMELA | conv4-64 | 40,000 | — |" in md
     assert "Machine-independent" in md and "Machine-dependent" in md and "here: cpu" in md
 
@@ -90,7 +92,8 @@ def test_plain_maml_is_the_reference_and_baselines_have_no_time_per_iteration(tm
     assert by["pamela@maml"]["parameters_vs_reference_pct"] == 0.0
     assert by["nearest_neighbor"]["train_iterations"] == "0" and by["nearest_neighbor"]["train_s_per_iteration"] is None
     cells = complexity._md_cells(by["nearest_neighbor"])
-    assert cells[5] == "+0.00% (+0)" and cells[6] == "30,000" and cells[7] == "60.00%" and cells[8] == "—"
+    assert cells[5] == "+0.00% (+0)" and cells[6] == "—" and cells[7] == "30,000" and cells[8] == "60.00%"
+    assert cells[9] == "—"
     assert complexity._md_cells(by["maml"])[5] == "reference"
     csv_text = complexity.render_csv(rows)
     nn_row = next(r for r in csv.DictReader(csv_text.splitlines()) if r["method"] == "nearest_neighbor")
@@ -112,7 +115,7 @@ def test_meta_trained_parameters_count_the_colearner_that_inference_drops(tmp_pa
     assert by["maml+cml"]["parameters"] == 29_541 and by["maml+cml"]["meta_trained_parameters"] == 48_810
     assert by["maml"]["meta_trained_parameters"] == 29_541 and by["maml+ht"]["meta_trained_parameters"] == 29_541
     assert by["boil+cml"]["meta_trained_parameters"] is None
-    assert complexity._md_cells(by["maml+cml"])[4:7] == ["29,541", "+0.00% (+0)", "48,810"]
+    assert complexity._md_cells(by["maml+cml"])[4:8] == ["29,541", "+0.00% (+0)", "—", "48,810"]
     assert complexity._md_cells(by["boil+cml"])[6] == "—"
 
 

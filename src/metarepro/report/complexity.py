@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cards import cards
 from ..config import ADDON_KINDS, split_method
 from ..utils import MetareproError, write_text_atomic
 from ..stats import seed_mean_ci95
@@ -26,7 +27,7 @@ PROVENANCE_NUMBERS = ("wall_time_s", "peak_memory_mb")                        # 
 CSV_COLUMNS = [
     "dataset", "ways", "shots", "setting", "method", "method_label", "backbone", "profile", "seeds",
     "parameters", "meta_trained_parameters", "reference_method", "parameters_vs_reference",
-    "parameters_vs_reference_pct", "metric",
+    "parameters_vs_reference_pct", "paper_vs_maml", "metric",
     "test_mean", "test_ci95",
     "train_iterations", "train_wall_time_s", "train_s_per_iteration", "val_every", "val_episodes",
     "adapt_ms_per_task", "eval_episodes", "curve_episodes", "eval_inner_steps",
@@ -180,6 +181,7 @@ def build_rows(costs: Sequence[RunCost]) -> list[dict]:
         rows.append({
             "dataset": dataset, "ways": "" if dataset == "sinusoid" else ways, "shots": shots,
             "setting": setting_label(dataset, ways, shots), "method": method, "method_label": method_label(method),
+            "paper_vs_maml": _paper_ratio(method),
             "backbone": _join_unique(c.backbone for c in cs), "profile": _join_unique(c.profile for c in cs),
             "seeds": " ".join(str(c.seed) for c in cs), "parameters": _parameters(cs),
             "meta_trained_parameters": _mean([c.meta_trained_parameters for c in cs]),
@@ -241,7 +243,16 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
     return f"{text} ({delta:+,.0f})"
 
 
-HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Meta-trained parameters", "Test score",
+def _paper_ratio(method: str) -> str:
+    """The paper's parameters vs MAML (its method card's `paper_parameters`) for the plain method or an add-on run
+    on it; variants (`@tag`) change the switches it counts, so they get none."""
+    base = method.split("+")[0]
+    if "@" in base or base not in cards():
+        return ""
+    return cards()[base].paper_parameters.get("vs_maml", "")
+
+
+HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Paper: vs MAML", "Meta-trained parameters", "Test score",
           "Meta-train s / iteration",
           "Adaptation ms / task", "Test inner steps", "Train peak memory (MB)", "Eval peak memory (MB)", "Eval device"]
 
@@ -251,7 +262,7 @@ def _md_cells(r: dict) -> list[str]:
     if r["_is_ref"] and r["method"] != REFERENCE_METHOD:
         ratio = f"reference ({r['method']})"
     return [DATASET_LABELS.get(r["dataset"], r["dataset"]), r["setting"], r["method_label"], r["backbone"],
-            _fmt_params(r["parameters"]), ratio,
+            _fmt_params(r["parameters"]), ratio, r["paper_vs_maml"] or DASH,
             DASH if r["meta_trained_parameters"] is None else _fmt_params(r["meta_trained_parameters"]),
             _fmt_score(r), _fmt(r["train_s_per_iteration"], 3),
             _fmt(r["adapt_ms_per_task"], 1), _fmt_steps(r["eval_inner_steps"]),
@@ -290,6 +301,10 @@ def render_markdown(title: str, rows: list[dict]) -> str:
         "and in parameters; `—` when the report has no such MAML run. `Meta-trained parameters` adds what "
         "meta-training learns beyond the inference model, the add-ons' own parameters (CML's co-learner, dropped "
         "at test), from eval.json `meta_trained_parameters`: the count to hold parameter-matched controls to.",
+        "- **Paper: vs MAML** is the parameter ratio to MAML that the method's paper states or defines, on the "
+        "paper's backbone (method card `paper_parameters`; `—` where the paper gives none): "
+        + "; ".join(f"{c.label} {c.paper_parameters['vs_maml']} ({c.paper_parameters['source']})"
+                    for c in cards().values() if c.paper_parameters) + ".",
         "- **Machine-dependent:** the times and memory come from whatever machine ran each job (eval.json "
         f"`device`; here: {devices}) and are comparable only between rows run on the same machine. "
         "`Meta-train s / iteration` = the training job's wall time (config.yaml `provenance.wall_time_s`, summed "
