@@ -104,3 +104,4 @@ def test_the_enumeration_covers_every_method_and_add_on():
     accepted = [(d, n) for d, n in CASES if _accepted(d, n) is not None]
     assert {n.split("+")[0] for _, n in accepted} == set(cards())
     assert {a for _, n in accepted for a in n.split("+")[1:]} == set(ADDON_KINDS)
+

@@ -99,3 +99,38 @@ def test_regression_on_the_sinusoid_mlp_and_the_solve_never_inverts():
     import inspect
     from metarepro.methods import amfs
     assert "inv(" not in inspect.getsource(amfs)
+
+
+def _reference_fixed_alpha(sigma, tau, alpha):
+    """numpy: the outer cross-entropy with the solve's coefficients held fixed (first order)."""
+    d = XS.shape[1]
+    zs, zq = XS / math.sqrt(d), XQ / math.sqrt(d)
+    kq = np.exp(-((zq[:, None] - zs[None]) ** 2).sum(-1) / (2 * sigma ** 2))
+    logits = tau * kq @ alpha
+    p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    return -np.mean(np.log(p[np.arange(len(YQ)), YQ]))
+
+
+def test_first_order_amfs_holds_the_solve_constant():
+    """first_order: the same predictions, but the meta-gradient treats alpha = (K + lambda I)^-1 Y as a constant:
+    lambda gets none, sigma and tau get the central differences of the loss with alpha fixed (numpy, 1e-6)."""
+    learner = _learner(first_order=True).train()
+    o = learner.outcome(_task())
+    assert o.loss.item() == pytest.approx(_reference(0.8, 0.3, 4.0)[1], abs=1e-6)
+    o.loss.backward()
+    assert learner.log_lambda.grad is None or learner.log_lambda.grad.item() == 0.0
+    d = XS.shape[1]
+    zs = XS / math.sqrt(d)
+    K = np.exp(-((zs[:, None] - zs[None]) ** 2).sum(-1) / (2 * 0.8 ** 2))
+    alpha = np.linalg.solve(K + 0.3 * np.eye(len(zs)), np.eye(3)[YS])
+    eps = 1e-6
+    want_sigma = (_reference_fixed_alpha(0.8 * math.exp(eps), 4.0, alpha)
+                  - _reference_fixed_alpha(0.8 * math.exp(-eps), 4.0, alpha)) / (2 * eps)
+    want_tau = (_reference_fixed_alpha(0.8, 4.0 * math.exp(eps), alpha)
+                - _reference_fixed_alpha(0.8, 4.0 * math.exp(-eps), alpha)) / (2 * eps)
+    np.testing.assert_allclose([learner.log_sigma.grad.item(), learner.log_tau.grad.item()], [want_sigma, want_tau],
+                               atol=1e-6, rtol=0)
+    full = _learner().train()
+    full.outcome(_task()).loss.backward()
+    assert abs(full.log_lambda.grad.item()) > 1e-4                       # second order: lambda is meta-learned
+    assert abs(full.log_sigma.grad.item() - learner.log_sigma.grad.item()) > 1e-6

@@ -147,6 +147,9 @@ VARIANT_SWITCHES = {
     "maml@branch": {},
     "sharp_maml@cmlp": {"sam_outer": True, "sam_inner": False},
     "pamela@cmlp": {"q_mode": "per_step", "skip": False},       # one inner step: P^w cannot act, labelled Q_j only
+    "amfs@fo": {"first_order": True},
+    "amfs@mu": {"info_weight": 0.0},            # cpu_kernel's regulariser rows (not in paper.yaml)
+    "amfs@gamma": {"grad_norm_weight": 0.0},
 }
 # methods whose full version is itself a labelled variant (the paper names every row by its switches)
 FULL_VARIANT = {"sharp_maml": "sharp_maml@both"}

@@ -24,6 +24,13 @@ and in the method card:
     the Bandit Setting", Lemma 5.3: the mutual information between the data and the latent function for a GP with
     noise variance lambda), computed from the same Cholesky factor: log det(K + lambda I) - n log lambda. It is
     added to the outer loss (a penalty on how much the kernel memorises the support set).
+  The paper writes both into I-AMFS's own objective. Carried into the inner solve they do nothing a closed form
+  could keep apart: the information gain does not depend on the adapted function f at all (it is a function of K and
+  lambda only), so it cannot change the solve; and on the ridge's squared loss the gradient norm of the support
+  loss is itself a squared error of f, so mu only rescales the data term, the same solve with lambda / (1 + c mu),
+  which the meta-learned lambda already covers. Both therefore act where they can: in the outer loss.
+- `first_order`: the solve's coefficients alpha are treated as constants of the outer loss (no gradient through
+  the Cholesky solve), the closed-form analogue of FO-MAML; the kernel K(x, S) still carries the gradient.
 """
 from __future__ import annotations
 
@@ -44,7 +51,7 @@ class AMFS(MetaLearner):
 
     def __init__(self, model: nn.Module, task_type: str = "classification", bandwidth: float = 1.0,
                  ridge: float = 0.1, scale: float = 10.0, grad_norm_weight: float = 0.0, info_weight: float = 0.0,
-                 transductive: bool = True) -> None:
+                 transductive: bool = True, first_order: bool = False) -> None:
         # defaults and their sources: the card in method_cards.yaml
         for name, v in (("bandwidth", bandwidth), ("ridge", ridge), ("scale", scale)):
             if v <= 0:
@@ -58,6 +65,7 @@ class AMFS(MetaLearner):
             else None
         self.grad_norm_weight, self.info_weight = float(grad_norm_weight), float(info_weight)
         self.transductive = bool(transductive)
+        self.first_order = bool(first_order)
 
     # ---- the closed-form inner loop --------------------------------------------------------------
     def features(self, z: Tensor) -> Tensor:
@@ -89,6 +97,10 @@ class AMFS(MetaLearner):
             zs = self.features(zs)
             zq = self.features(zq) if zq is not None else None
             alpha, info = self.solve(zs, self.targets(task))
+            if self.first_order:
+                # first order: the adapted coefficients are a constant of the outer loss, as FO-MAML's adapted
+                # weights; the meta-gradient reaches the features and sigma through K(x, S) only, lambda not at all
+                alpha = alpha.detach()
 
         def predict(x: Tensor) -> Tensor:
             with ctx:

@@ -60,6 +60,9 @@ VARIANT_LABELS: dict[str, str] = {
     "maml@branch": "MAML, multi-branch",
     "sharp_maml@cmlp": "Sharp-MAML (up, CML protocol)",    # the protocol tag below, on the "up" variant
     "pamela@cmlp": "PAMELA, Q_j only (CML protocol: 1 inner step, no skip)",   # P^w cannot act in one step
+    "amfs@fo": "AMFS, first order",                         # no gradient through the kernel solve
+    "amfs@mu": "AMFS + gradient-norm term (mu)",           # the regulariser ablation rows
+    "amfs@gamma": "AMFS + information term (gamma)",
 }
 # Tags that name a protocol rather than switches: `maml@cmlp` is MAML run at CML's protocol (config/paper.yaml,
 # beside MAML at its own paper's protocol under the plain name); labelled "<method label> (<protocol>)".
