@@ -1,6 +1,14 @@
-"""Class names of each dataset's standard splits, read from the split files shipped in data/splits (torch-free,
-so config validation can refuse a cross-domain pair whose target test classes overlap the source's training
-classes before any job runs). Cross-domain evaluation repeats the check on the prepared data's class names.
+"""Class names of each dataset's standard splits, read from the split files shipped in data/splits, and the
+WordNet concept of every class, for cross-domain overlap by concept rather than by name (torch-free, so config
+validation can refuse a pair before any job runs). Cross-domain evaluation repeats the check on the prepared data's
+class names and records the overlap it finds.
+
+Concepts (data/concepts, built by data/concepts/build.py from WordNet 3.0's noun database, Princeton University
+2006): miniImageNet's and tieredImageNet's classes are WordNet ids already; CIFAR-100's (CIFAR-FS, FC100) map to one
+through the shipped table cifar100_wordnet.csv; every CUB-200-2011 species is a bird (n01503061); Omniglot's
+characters have none. A target test class overlaps a source training class when both have the same concept or one
+concept is a hypernym of the other ("bus" covers "school bus", "bird" every bird species); classes without a
+concept overlap only by equal name.
 """
 from __future__ import annotations
 
@@ -37,6 +45,74 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
     "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
 }
 _CUB_FILES = {"train": "base", "val": "val", "test": "novel"}
+CONCEPTS_DIR = Path(__file__).resolve().parent / "data" / "concepts"
+BIRD = "n01503061"
+# Datasets cut from the same image collection: a shared class there can be the very same images, which is the
+# whole point of separating their splits, so such a pair is refused; other pairs are evaluated, and the overlap
+# reported (and optionally dropped from the target's episodes).
+IMAGE_COLLECTION = {"cifarfs": "CIFAR-100", "fc100": "CIFAR-100", "miniimagenet": "ImageNet",
+                    "tieredimagenet": "ImageNet"}
+
+
+@lru_cache(maxsize=1)
+def _cifar_concepts() -> dict[str, str]:
+    with open(CONCEPTS_DIR / "cifar100_wordnet.csv", newline="") as f:
+        return {r["class"]: r["wnid"] for r in csv.DictReader(f)}
+
+
+@lru_cache(maxsize=1)
+def _wordnet() -> dict[str, dict]:
+    return json.loads((CONCEPTS_DIR / "ancestors.json").read_text())
+
+
+def concept(dataset: str, name: str) -> str | None:
+    """The WordNet id of class `name` of `dataset` (None: no concept, e.g. an Omniglot character)."""
+    if dataset in ("cifarfs", "fc100"):
+        return _cifar_concepts().get(name)
+    if dataset in ("miniimagenet", "tieredimagenet"):
+        return name if name in _wordnet() else None
+    if dataset == "cub":
+        return BIRD
+    return None
+
+
+def concept_name(wnid: str) -> str:
+    return _wordnet().get(wnid, {}).get("name", wnid)
+
+
+def _related(a: str, b: str) -> bool:
+    wn = _wordnet()
+    return a == b or a in wn.get(b, {}).get("ancestors", ()) or b in wn.get(a, {}).get("ancestors", ())
+
+
+def concept_overlap(source: str, source_train: "tuple[str, ...] | list[str]", target: str,
+                    target_test: "tuple[str, ...] | list[str]") -> dict[str, list[str]]:
+    """target test class -> the source training classes it overlaps (same or hypernym-related concept; equal name
+    where either has no concept), for every overlapping target class, in the target's order."""
+    src = [(str(n), concept(source, str(n))) for n in source_train]
+    out: dict[str, list[str]] = {}
+    for t in map(str, target_test):
+        ct = concept(target, t)
+        hits = [n for n, cs in src if (n == t if ct is None or cs is None else _related(cs, ct))]
+        if hits:
+            out[t] = hits
+    return out
+
+
+def same_collection(source: str, target: str) -> bool:
+    return IMAGE_COLLECTION.get(source) is not None and IMAGE_COLLECTION.get(source) == IMAGE_COLLECTION.get(target)
+
+
+def describe_overlap(target: str, shared: dict[str, list[str]], source: str | None = None, limit: int = 0) -> str:
+    """ "lion (lion), school bus (bus)": each target class (its concept's name) with the source classes it
+    overlaps; `limit` > 0 names that many and counts the rest."""
+    def name(ds: str | None, n: str) -> str:       # a wnid class by its synset's first lemma
+        return concept_name(n).replace("_", " ") if ds in ("miniimagenet", "tieredimagenet") else n
+    items = [f"{name(target, t)} ({', '.join(name(source, s) for s in srcs[:3])}"
+             + (f" +{len(srcs) - 3}" if len(srcs) > 3 else "") + ")" for t, srcs in shared.items()]
+    if limit and len(items) > limit:
+        return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
+    return ", ".join(items)
 
 
 @lru_cache(maxsize=None)
@@ -62,6 +138,8 @@ def overlap(source_train: "tuple[str, ...] | list[str]", target_test: "tuple[str
     return sorted(set(map(str, source_train)) & set(map(str, target_test)))
 
 
-def overlap_error(source: str, target: str, shared: list[str]) -> str:
-    return (f"cross-domain pair {source} -> {target} is refused: {len(shared)} of {target}'s test classes are "
-            f"training classes of {source}: {', '.join(shared)}")
+def overlap_error(source: str, target: str, shared: "list[str] | dict[str, list[str]]") -> str:
+    names = list(shared)
+    return (f"cross-domain pair {source} -> {target} is refused: {len(names)} of {target}'s test classes are "
+            f"training classes of {source}, cut from the same image collection "
+            f"({IMAGE_COLLECTION.get(source, 'the same data')}): {', '.join(names)}")

@@ -94,7 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.target is None and (args.target_data or options):
         raise MetareproError("--target-data and --target-options belong to a cross-domain evaluation: give --target")
     evaluate(args.run_dir, threads=args.threads, progress=not args.no_progress, device=_device(args), shots=args.shots,
-             target=args.target, target_dir=args.target_data, target_options=options)
+             target=args.target, target_dir=args.target_data, target_options=options,
+             drop_overlap=args.drop_overlap)
     return 0
 
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-domain: test on this dataset's test classes instead -> eval_xdomain_{TARGET}.json")
     e.add_argument("--target-data", default=None, help="the target's prepared data folder, e.g. data/cifarfs")
     e.add_argument("--target-options", default=None, help="JSON of the target dataset's config block")
+    e.add_argument("--drop-overlap", action="store_true",
+                   help="cross-domain: also score episodes without the target test classes the source trained on")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="render tables / figures / the reports index (see `report -h`)",

@@ -19,7 +19,7 @@ import yaml
 from jsonschema import Draft7Validator, validators
 
 from .cards import card, cards, with_flag
-from .classes import overlap, overlap_error, split_class_names
+from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 
 # Package data, so a non-editable install validates configs too; workflow/schemas/config.schema.yaml (where the
@@ -341,8 +341,9 @@ def _check_cross_references(cfg: dict, source: str) -> None:
 
 def _cross_domain_problems(name: str, exp: dict) -> list[str]:
     """Cross-domain targets that cannot work: the source itself, regression, shots or methods the experiment does
-    not run, and target test classes that are source training classes (by name, from the shipped split files;
-    evaluation checks the prepared data's names again)."""
+    not run, and a target cut from the source's own image collection whose test classes are source training
+    classes (CIFAR-FS <-> FC100; from the shipped split files, evaluation checks the prepared data's names again).
+    Other overlaps by concept are evaluated and reported (metarepro.classes)."""
     problems = []
     for i, target in enumerate(exp.get("cross_domain") or []):
         where, dst = f"experiments.{name}.cross_domain.{i}", target["dataset"]
@@ -359,8 +360,10 @@ def _cross_domain_problems(name: str, exp: dict) -> list[str]:
                 problems.append(f"'{where}.methods': {m!r} is not one of the experiment's methods "
                                 f"({', '.join(exp['methods'])})")
         src_train, dst_test = split_class_names(exp["dataset"], "train"), split_class_names(dst, "test")
-        if src_train is not None and dst_test is not None and overlap(src_train, dst_test):
-            problems.append(f"'{where}': " + overlap_error(exp["dataset"], dst, overlap(src_train, dst_test)))
+        if src_train is not None and dst_test is not None and same_collection(exp["dataset"], dst):
+            shared = concept_overlap(exp["dataset"], src_train, dst, dst_test)
+            if shared:
+                problems.append(f"'{where}': " + overlap_error(exp["dataset"], dst, shared))
     return problems
 
 

@@ -23,7 +23,7 @@ from . import numerics
 from .methods.base import tap_outputs
 from .runtime import load_learner
 from .stats import mean_ci95 as mean_ci
-from .classes import overlap, overlap_error
+from .classes import concept_overlap, describe_overlap, overlap_error, same_collection
 from .utils import (MetareproError, git_revision, peak_memory_mb, resolve_device, set_determinism, set_threads,
                     write_json_atomic)
 
@@ -36,7 +36,7 @@ FIT_STEPS = (0, 1, 10)
 
 def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto",
              shots: int | None = None, target: str | None = None, target_dir: str | None = None,
-             target_options: dict | None = None) -> Path:
+             target_options: dict | None = None, drop_overlap: bool = False) -> Path:
     """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json. With `shots` other than the
     run's training shots, on the fixed `shots`-shot episodes instead -> run_dir/eval_{shots}shot.json (e.g. Li et
     al.'s 5-shot-trained sinusoid models tested with 10 and 20 points); those are the episodes a `shots`-shot
@@ -45,8 +45,10 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     Cross-domain: with `target` (a dataset prepared in `target_dir`, options `target_options`), on the target's
     fixed test episodes -> run_dir/eval_xdomain_{target}.json: the same episodes that runs trained on the target
     are tested on, converted to the run's input shape and channels and normalised with the run's own training
-    statistics (stored in model.pt). Refused, naming the classes, when target test classes are source training
-    classes."""
+    statistics (stored in model.pt). The target test classes that the source trained on (same or hypernym-related
+    WordNet concept, metarepro.classes) are recorded; refused, naming them, when the two datasets are cut from one
+    image collection. With `drop_overlap`, the episodes are scored again drawn only from the other test classes
+    ("without_overlap")."""
     run_dir = Path(run_dir)
     if shots is not None and shots < 1:
         raise MetareproError(f"--shots must be >= 1, got {shots}")
@@ -163,6 +165,10 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
     if xdomain is not None:
         result["cross_domain"] = xdomain
+        if drop_overlap:
+            result["without_overlap"] = _score_without_overlap(learner, members, xdomain, dataset, dataset_args,
+                                                               data_dir, run.ways, k, ev, seed, model_input, steps,
+                                                               device)
         out = run_dir / f"eval_xdomain_{target}.json"
     else:
         out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
@@ -254,6 +260,30 @@ def ensemble_scores(members: list[Any], task: Any, steps: int, every_step: bool 
     return [members[0].metric(o / len(members), task.y_query) for o in total]
 
 
+def _score_without_overlap(learner: Any, members: list, xdomain: dict, dataset: str, dataset_args: dict,
+                           data_dir: str, ways: int, k: int, ev: dict, seed: int, model_input: Any, steps: int,
+                           device: str) -> dict[str, Any]:
+    """The same number of episodes, same seed, drawn only from the target test classes the source did not train
+    on: the cross-domain score with the concept overlap dropped."""
+    names = datasets.class_names(data_dir, TEST_SPLIT)
+    gone = [names.index(c) for c in xdomain["overlap"]["classes"]]
+    left = len(names) - len(gone)
+    if left < ways:
+        return {"classes": left, "dropped": len(gone), "episodes": 0,
+                "note": f"only {left} test classes left after dropping {len(gone)}: fewer than {ways} ways"}
+    eps = datasets.episodes(dataset, dataset_args, data_dir, TEST_SPLIT, ways, k, ev["queries"], seed, model_input,
+                            exclude=gone)
+    final = np.zeros(ev["episodes"])
+    for i in range(ev["episodes"]):
+        task = eps.episode(i).to(device)
+        scores = (ensemble_scores(members, task, steps, every_step=False) if members
+                  else learner.evaluate_task(task, steps, every_step=False))
+        final[i] = scores[-1]
+    m, c = mean_ci(final)
+    return {"classes": left, "dropped": len(gone), "episodes": int(ev["episodes"]),
+            "episode_set": eps.fingerprint(ev["episodes"]), "mean": m, "ci95": c, "per_episode": final.tolist()}
+
+
 def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> dict[str, Any]:
     """How the target's test images reach the run's model: its input shape and normalisation (from model.pt,
     else recomputed from the source's prepared data), after checking that the pair is allowed. Everything is
@@ -262,15 +292,19 @@ def cross_domain_input(run: Any, state: dict, target: str, target_dir: str) -> d
         raise MetareproError(f"cross-domain evaluation needs image datasets; got {run.dataset} -> {target}")
     if target == run.dataset:
         raise MetareproError(f"cross-domain target {target!r} is the run's own dataset: that is eval.json")
-    shared = overlap(datasets.class_names(run.data_dir, "train"), datasets.class_names(target_dir, TEST_SPLIT))
-    if shared:
+    test_names = datasets.class_names(target_dir, TEST_SPLIT)
+    shared = concept_overlap(run.dataset, datasets.class_names(run.data_dir, "train"), target, test_names)
+    if shared and same_collection(run.dataset, target):
         raise MetareproError(overlap_error(run.dataset, target, shared))
     shape = state.get("input_shape") or list(datasets.input_shape(run.dataset, run.data_dir, run.dataset_args))
     norm = state["normalization"] if "normalization" in state else datasets.normalization(run.dataset, run.data_dir)
     return {"source": run.dataset, "target": target, "input_shape": list(shape),
             "target_image_shape": list(datasets.input_shape(target, target_dir)),
             "normalization": norm, "normalization_from": f"{run.dataset} train split (the run's own)",
-            "conversion": "channels 1->3 repeat / 3->1 BT.601 luma; antialiased bilinear resize to input_shape"}
+            "conversion": "channels 1->3 repeat / 3->1 BT.601 luma; antialiased bilinear resize to input_shape",
+            # the target test classes the source trained on: same WordNet concept or hypernym-related
+            "overlap": {"count": len(shared), "of": len(test_names), "classes": shared,
+                        "named": describe_overlap(target, shared, run.dataset)}}
 
 
 def summarize_diagnostics(per_episode: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -60,8 +60,9 @@ def test_overlapping_cross_domain_pair_is_refused_naming_the_classes():
     with pytest.raises(ConfigError) as err:
         validate_config(cfg_with({"maml": {}}, "cifarfs", cross_domain=[{"dataset": "fc100"}]))
     msg = str(err.value)
-    assert "cifarfs -> fc100" in msg and "11 of fc100's test classes" in msg
-    for name in ("bee", "boy", "dolphin", "skunk"):
+    # one image collection (CIFAR-100): the same images could be trained on and tested; by concept, 13 of 20
+    assert "cifarfs -> fc100" in msg and "13 of fc100's test classes" in msg and "CIFAR-100" in msg
+    for name in ("bee", "boy", "dolphin", "skunk", "whale"):
         assert name in msg
     with pytest.raises(ConfigError, match="the experiment's own dataset"):
         validate_config(cfg_with({"maml": {}}, "cifarfs", cross_domain=[{"dataset": "cifarfs"}]))
@@ -126,10 +127,48 @@ def test_cross_domain_evaluation_uses_the_targets_episodes_and_the_sources_stati
     state = torch.load(model, weights_only=False)
     assert state["input_shape"] == [3, 16, 16]
     assert state["normalization"] == datasets.normalization("cifarfs", str(src))
-    # target test class "a3" is a source training class: refused, named, before anything is written
-    with pytest.raises(MetareproError, match=r"cifarfs -> miniimagenet is refused: 1 of .*: a3"):
-        evaluate(tmp_path / "run", progress=False, target="miniimagenet", target_dir=str(dst))
-    assert not (tmp_path / "run" / "eval_xdomain_miniimagenet.json").exists()
+    # target test class "a3" is a source training class (no concept: by name). Another image collection: the pair
+    # is evaluated and the overlap recorded; with drop_overlap the same number of episodes never draws "a3"
+    out = evaluate(tmp_path / "run", progress=False, target="miniimagenet", target_dir=str(dst), drop_overlap=True)
+    ev = json.loads(out.read_text())
+    assert ev["cross_domain"]["overlap"]["classes"] == {"a3": ["a3"]}
+    assert ev["cross_domain"]["overlap"]["count"] == 1 and ev["cross_domain"]["overlap"]["of"] == 6
+    wo = ev["without_overlap"]
+    assert wo["classes"] == 5 and wo["dropped"] == 1 and len(wo["per_episode"]) == 20
+    names = datasets.class_names(str(dst), "test")
+    eps = datasets.episodes("miniimagenet", {}, str(dst), "test", 5, 1, 3, datasets.eval_seed(0, "miniimagenet",
+                            "test", 5, 1), (tuple(state["input_shape"]), state["normalization"]),
+                            exclude=[names.index("a3")])
+    assert wo["episode_set"] == eps.fingerprint(20)
+    assert all(names.index("a3") not in eps.indices(i)[0] for i in range(20))
+    # one image collection (CIFAR-100): refused, naming the class, before anything is written
+    fc = _dataset(tmp_path, "fc100", {"train": ["f0", "f1", "f2", "f3", "f4"], "val": ["g0", "g1", "g2", "g3", "g4"],
+                                      "test": ["x0", "x1", "x2", "x3", "a1"]}, 16, 3, 3)
+    with pytest.raises(MetareproError, match=r"cifarfs -> fc100 is refused: 1 of .*same image collection.*: a1"):
+        evaluate(tmp_path / "run", progress=False, target="fc100", target_dir=str(fc))
+    assert not (tmp_path / "run" / "eval_xdomain_fc100.json").exists()
+
+
+def test_class_concepts_and_the_hypernym_rule():
+    """Overlap by WordNet concept: CIFAR-FS's lion is miniImageNet's lion, its bus a hypernym of the school bus;
+    every CUB species is a bird, so miniImageNet's training birds overlap all of CUB's test classes; Omniglot has no
+    concepts."""
+    from metarepro.classes import concept, concept_overlap, describe_overlap
+    assert concept("cifarfs", "lion") == "n02129165" == concept("miniimagenet", "n02129165")
+    assert concept("cifarfs", "dolphin") == "n02068974"        # the cetacean, not the fish (hand-chosen sense)
+    assert concept("cub", "004.Groove_billed_Ani") == "n01503061" and concept("omniglot", "Latin/character01") is None
+    shared = concept_overlap("cifarfs", split_class_names("cifarfs", "train"), "miniimagenet",
+                             split_class_names("miniimagenet", "test"))
+    assert shared == {"n02129165": ["lion"], "n04146614": ["bus"]}
+    assert describe_overlap("miniimagenet", shared, "cifarfs") == "lion (lion), school bus (bus)"
+    birds = concept_overlap("miniimagenet", split_class_names("miniimagenet", "train"), "cub",
+                            split_class_names("cub", "test"))
+    assert len(birds) == 50 and set(birds["004.Groove_billed_Ani"]) == {"n01532829", "n01558993", "n01843383"}
+    assert concept_overlap("cub", split_class_names("cub", "train"), "miniimagenet",
+                           split_class_names("miniimagenet", "test")) == {}
+    # the shipped table maps all 100 CIFAR-100 classes to a synset in the shipped ancestor table
+    from metarepro.classes import _cifar_concepts, _wordnet
+    assert len(_cifar_concepts()) == 100 and set(_cifar_concepts().values()) <= set(_wordnet())
 
 
 def test_cross_domain_evaluation_writes_its_own_file_on_fixed_target_episodes(tmp_path):

@@ -518,6 +518,9 @@ def test_cross_domain_table_spans_seeds(tmp_path):
     assert proto["vs_reference_significant"] == "False" and float(proto["vs_reference_same_sign"]) == 1.0
     md = md_path.read_text()
     assert "| +2.00 ± 2.48 | 3/3 |" in md and f"no (3 seeds × {N} episodes)" in md
+    # files without an overlap record: the concept overlap from the shipped split files, named per pair
+    assert "| CIFAR-FS → miniImageNet | 2 of 20 | lion (lion), school bus (bus) |" in md
+    assert maml["overlap_classes"] == "2" and "| Cross-domain without the overlap |" not in md
 
 
 def test_published_rows_of_another_setup_are_shown_but_never_compared(tmp_path):

@@ -101,6 +101,15 @@ def run_gpus(wildcards):
     return experiment_gpus(config, find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots)))
 
 
+def xdomain_flags(wildcards):
+    """`--drop-overlap` when the run's experiment asks its cross-domain target to be scored without the test
+    classes the source trained on (`cross_domain: [{dataset: ..., drop_overlap: true}]`)."""
+    w = wildcards
+    exp = config["experiments"][find_experiment(config, w.dataset, w.method, int(w.ways), int(w.shots))]
+    drop = any(t["dataset"] == w.target and t.get("drop_overlap") for t in exp.get("cross_domain") or [])
+    return "--drop-overlap" if drop else ""
+
+
 def pretrain_gpus(wildcards):
     return int(config.get("gpu", 0))
 

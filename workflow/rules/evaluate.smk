@@ -57,7 +57,8 @@ rule evaluate_shots:
 
 # Cross-domain: a run tested on another dataset's test classes (experiment key `cross_domain`). The target is
 # downloaded and prepared by the DAG even when nothing trains on it; the source's prepared data is an input
-# because the job checks, before any work, that no target test class is a source training class.
+# because the job records which target test classes the source trained on (by WordNet concept), and refuses a
+# pair cut from one image collection that shares classes, before any work.
 rule evaluate_xdomain:
     input:
         model=f"{RUN}/model.pt",
@@ -85,6 +86,8 @@ rule evaluate_xdomain:
         target_data=lambda w: f"{DATA}/{w.target}",
         # a param, so changing the target's options re-runs the test
         options=lambda w: dataset_options(w.target),
+        flags=xdomain_flags,
     shell:
         "PYTHONPATH=src python -m metarepro evaluate --run-dir {params.run_dir:q} --target {wildcards.target}"
-        " --target-data {params.target_data:q} --target-options {params.options:q} --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"
+        " --target-data {params.target_data:q} --target-options {params.options:q} {params.flags}"
+        " --threads {threads} --gpus {resources.gpu} > {log:q} 2>&1"

@@ -9,7 +9,7 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -76,8 +76,8 @@ def normalization(dataset: str, data_dir: str) -> dict | None:
 
 
 def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: int, shots: int,
-             queries: int, seed: int, model_input: tuple[tuple[int, ...], dict | None] | None = None
-             ) -> ImageEpisodes | SinusoidEpisodes:
+             queries: int, seed: int, model_input: tuple[tuple[int, ...], dict | None] | None = None,
+             exclude: Sequence[int] = ()) -> ImageEpisodes | SinusoidEpisodes:
     """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol.
 
     `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
@@ -90,7 +90,7 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     shape, norm = model_input if model_input is not None else (None, normalization(dataset, data_dir))
     return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
                          out_shape=shape, mean=norm["mean"] if norm else None, std=norm["std"] if norm else None,
-                         input_crop=dataset_args.get("input"))
+                         input_crop=dataset_args.get("input"), exclude=exclude)
 
 
 def class_names(data_dir: str, split: str) -> list[str]:

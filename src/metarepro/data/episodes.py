@@ -24,12 +24,19 @@ class ImageEpisodes:
     def __init__(self, split: ImageSplit, ways: int, shots: int, queries: int, seed: int,
                  rotations: bool = False, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, out_shape: Sequence[int] | None = None,
-                 input_crop: dict | None = None) -> None:
+                 input_crop: dict | None = None, exclude: Sequence[int] = ()) -> None:
         self.split, self.ways, self.shots, self.queries, self.seed = split, ways, shots, queries, seed
         self.n_rot = 4 if rotations else 1
         self.n_classes = split.n_classes * self.n_rot
-        if ways > self.n_classes:
-            raise ValueError(f"{ways}-way episodes need >= {ways} classes; the split has {self.n_classes}")
+        # exclude: split classes (and all their rotations) that no episode draws, e.g. a cross-domain target's test
+        # classes that the source trained on; None of it: every class, the plain episode stream
+        gone = {int(c) for c in exclude}
+        self.allowed = (None if not gone else
+                        np.array([c for c in range(self.n_classes) if c // self.n_rot not in gone], dtype=np.int64))
+        available = self.n_classes if self.allowed is None else len(self.allowed)
+        if ways > available:
+            raise ValueError(f"{ways}-way episodes need >= {ways} classes; the split has {available}"
+                             + (f" after excluding {len(gone)}" if gone else ""))
         smallest = min(len(ix) for ix in split.by_class)
         if shots + queries > smallest:
             raise ValueError(f"{shots} shots + {queries} queries exceed the {smallest} images of the smallest class")
@@ -45,7 +52,7 @@ class ImageEpisodes:
     def indices(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(classes (ways,), image indices (ways, shots+queries)) of episode `index`."""
         rng = np.random.default_rng([self.seed, index])
-        classes = rng.choice(self.n_classes, size=self.ways, replace=False)
+        classes = rng.choice(self.n_classes if self.allowed is None else self.allowed, size=self.ways, replace=False)
         return classes, self._picks(classes, rng)
 
     def _picks(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
