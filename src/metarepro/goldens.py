@@ -5,7 +5,7 @@ promise checkable. Two sets:
 - `tiny`: three small runs built here (sinusoid MAML, and ProtoNet and a short Conv-4 MAML on seeded synthetic
   16x16 images), a few seconds each; `tests/goldens.json` holds their hashes and the CPU they came from, and the
   test suite reruns them in strict mode (`python -m metarepro.goldens check`).
-- `default`: the default profile's cheapest strict runs (sinusoid MAML at 5/10/20 shots, Omniglot ProtoNet 1/5-shot,
+- `default`: the default profile's cheapest strict runs (sinusoid MAML at 5/10/20 shots, ProtoNet Omniglot 1-shot and CIFAR-FS 5-shot,
   Omniglot MAML 1-shot), hashed from their eval.json files (`python -m metarepro.goldens default`);
   `benchmarks/goldens_default.json` holds them, with each run's CPU and ISA.
 A mismatch means this machine's numerics differ from those of the machine that wrote the goldens (another ISA path,
@@ -37,7 +37,7 @@ TINY_GOLDENS = REPO / "tests" / "goldens.json"
 DEFAULT_GOLDENS = REPO / "benchmarks" / "goldens_default.json"
 # the default profile's runs whose per-episode scores are hashed: (dataset, method, ways, shots)
 DEFAULT_RUNS = [("sinusoid", "maml", 1, 5), ("sinusoid", "maml", 1, 10), ("sinusoid", "maml", 1, 20),
-                ("omniglot", "protonet", 5, 1), ("omniglot", "protonet", 5, 5), ("omniglot", "maml", 5, 1)]
+                ("omniglot", "protonet", 5, 1), ("cifarfs", "protonet", 5, 5), ("omniglot", "maml", 5, 1)]
 
 
 def digest(per_episode: list[float]) -> str:
