@@ -103,15 +103,13 @@ def same_collection(source: str, target: str) -> bool:
     return IMAGE_COLLECTION.get(source) is not None and IMAGE_COLLECTION.get(source) == IMAGE_COLLECTION.get(target)
 
 
-def describe_overlap(target: str, shared: dict[str, list[str]], source: str | None = None, limit: int = 0) -> str:
+def describe_overlap(target: str, shared: dict[str, list[str]], source: str | None = None) -> str:
     """ "lion (lion), school bus (bus)": each target class (its concept's name) with the source classes it
-    overlaps; `limit` > 0 names that many and counts the rest."""
+    overlaps."""
     def name(ds: str | None, n: str) -> str:       # a wnid class by its synset's first lemma
         return concept_name(n).replace("_", " ") if ds in ("miniimagenet", "tieredimagenet") else n
     items = [f"{name(target, t)} ({', '.join(name(source, s) for s in srcs[:3])}"
              + (f" +{len(srcs) - 3}" if len(srcs) > 3 else "") + ")" for t, srcs in shared.items()]
-    if limit and len(items) > limit:
-        return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
     return ", ".join(items)
 
 
@@ -131,11 +129,6 @@ def split_class_names(dataset: str, split: str) -> tuple[str, ...] | None:
         d = json.loads((SPLITS_DIR / "cub_closerlook_chen" / f"{_CUB_FILES[split]}.json").read_text())
         return tuple(d["label_names"][i] for i in sorted(set(d["image_labels"])))
     return None
-
-
-def overlap(source_train: "tuple[str, ...] | list[str]", target_test: "tuple[str, ...] | list[str]") -> list[str]:
-    """The target test classes that are also source training classes, by name, sorted."""
-    return sorted(set(map(str, source_train)) & set(map(str, target_test)))
 
 
 def overlap_error(source: str, target: str, shared: "list[str] | dict[str, list[str]]") -> str:

@@ -165,10 +165,14 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
     if xdomain is not None:
         result["cross_domain"] = xdomain
-        if drop_overlap:
+        if drop_overlap and xdomain["overlap"]["count"]:
             result["without_overlap"] = _score_without_overlap(learner, members, xdomain, dataset, dataset_args,
                                                                data_dir, run.ways, k, ev, seed, model_input, steps,
                                                                device)
+        elif drop_overlap:      # nothing to drop: the same episodes, already scored
+            result["without_overlap"] = {"classes": xdomain["overlap"]["of"], "dropped": 0,
+                                         "episodes": int(ev["episodes"]), "episode_set": result["episode_set"],
+                                         "mean": mean, "ci95": ci, "per_episode": result["per_episode"]}
         out = run_dir / f"eval_xdomain_{target}.json"
     else:
         out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")

@@ -5,8 +5,8 @@ promise checkable. Two sets:
 - `tiny`: three small runs built here (sinusoid MAML, and ProtoNet and a short Conv-4 MAML on seeded synthetic
   16x16 images), a few seconds each; `tests/goldens.json` holds their hashes and the CPU they came from, and the
   test suite reruns them in strict mode (`python -m metarepro.goldens check`).
-- `default`: the default profile's cheapest strict runs (sinusoid MAML at 5/10/20 shots, ProtoNet Omniglot 1-shot and CIFAR-FS 5-shot,
-  Omniglot MAML 1-shot), hashed from their eval.json files (`python -m metarepro.goldens default`);
+- `default`: the default profile's cheapest strict runs (sinusoid MAML at 5/10/20 shots, ProtoNet Omniglot 1-shot
+  and CIFAR-FS 5-shot, Omniglot MAML 1-shot), hashed from their eval.json files (`python -m metarepro.goldens default`);
   `benchmarks/goldens_default.json` holds them, with each run's CPU and ISA.
 A mismatch means this machine's numerics differ from those of the machine that wrote the goldens (another ISA path,
 another library build, strict mode off), not that the code is wrong; the message names the run and both CPUs.
@@ -14,8 +14,8 @@ another library build, strict mode off), not that the code is wrong; the message
     python -m metarepro.goldens check  [--goldens tests/goldens.json]      # strict: exit 1 on any mismatch
     python -m metarepro.goldens write  [--goldens tests/goldens.json]      # record this machine's hashes
     python -m metarepro.goldens default [--results results] [--out benchmarks/goldens_default.json] [--check]
-Run `check` with METAREPRO_STRICT_NUMERICS=1 (the test does); without it the same runs show what native numerics
-change (`--native` prints both).
+Run `check` with METAREPRO_STRICT_NUMERICS=1 (the test does); `write --goldens OTHER.json` without it records what
+native numerics give, for comparison.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import run_dir
 from .numerics import apply_strict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ def default(results: Path, out: Path, verify: bool) -> int:
     """Hash the default profile's golden runs from their eval.json files (or compare them with `out`)."""
     runs, missing = {}, []
     for dataset, method, ways, shots in DEFAULT_RUNS:
-        path = results / dataset / method / f"{ways}way{shots}shot" / "seed0" / "eval.json"
+        path = Path(run_dir({"results_dir": str(results)}, dataset, method, ways, shots, 0)) / "eval.json"
         if not path.exists():
             missing.append(str(path))
             continue

@@ -190,8 +190,12 @@ def test_cross_domain_evaluation_writes_its_own_file_on_fixed_target_episodes(tm
                         evaluation={"episodes": 20, "queries": 3, "seed": 0}, run_dir=str(tmp_path / method))
         metatrain(run, progress=False)
         runs[method] = evaluate(tmp_path / method, progress=False, target="omniglot", target_dir=str(dst),
-                                target_options={"rotations": False})
+                                target_options={"rotations": False}, drop_overlap=True)
     a, b = (json.loads(p.read_text()) for p in runs.values())
+    # no class in common: nothing to drop, so "without the overlap" is the same episodes' scores, not a second pass
+    assert a["cross_domain"]["overlap"]["count"] == 0
+    assert a["without_overlap"]["per_episode"] == a["per_episode"] and a["without_overlap"]["dropped"] == 0
+    assert a["without_overlap"]["episode_set"] == a["episode_set"]
     assert [p.name for p in runs.values()] == ["eval_xdomain_omniglot.json"] * 2
     assert a["episode_set"] == b["episode_set"] and len(a["per_episode"]) == 20
     assert a["cross_domain"]["input_shape"] == [3, 16, 16] and a["cross_domain"]["target_image_shape"] == [1, 20, 20]

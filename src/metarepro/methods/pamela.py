@@ -59,11 +59,11 @@ GRANULARITIES = ("kernel", "element", "channel")
 
 def meta_shape(p: Tensor, granularity: str) -> tuple[int, ...]:
     """The shape of a parameter's Q_j / P_k entry: it broadcasts against the parameter (and a leading task dim)."""
-    if granularity == "element" or p.dim() < 2:
-        return tuple(p.shape)
-    if granularity == "kernel":
-        return tuple(p.shape[:2]) + (1,) * (p.dim() - 2) if p.dim() > 2 else tuple(p.shape)
-    return (p.shape[0],) + (1,) * (p.dim() - 1)          # channel: one per output channel / unit
+    if granularity == "kernel" and p.dim() > 2:       # one per (output, input) kernel of a convolution
+        return tuple(p.shape[:2]) + (1,) * (p.dim() - 2)
+    if granularity == "channel" and p.dim() > 1:      # one per output channel / unit of a weight
+        return (p.shape[0],) + (1,) * (p.dim() - 1)
+    return tuple(p.shape)                             # element; and every vector (biases, batch norm)
 
 
 def _key(name: str) -> str:

@@ -246,8 +246,8 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
 def _paper_ratio(method: str) -> str:
     """The paper's parameters vs MAML (its method card's `paper_parameters`) for the plain method or an add-on run
     on it; variants (`@tag`) change the switches it counts, so they get none."""
-    base = method.split("+")[0]
-    if "@" in base or base not in cards():
+    base, tag, _ = split_method(method)
+    if tag or base not in cards():
         return ""
     return cards()[base].paper_parameters.get("vs_maml", "")
 
