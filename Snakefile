@@ -3,11 +3,11 @@
 import os
 import sys
 
-import yaml
 from snakemake.utils import min_version, update_config
 
 min_version("9.0")
 sys.path.insert(0, f"{workflow.basedir}/src")  # torch-free; Snakemake never imports torch
+from metarepro import yaml_io
 from metarepro.config import ConfigError, command_line_overrides, validate_config
 
 
@@ -28,7 +28,7 @@ for _var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
 _files = ["config/config.yaml", *map(str, workflow.config_settings.configfiles)]
 _config = {}
 for _f in _files:
-    _config.update(yaml.safe_load(open(_f)) or {})
+    _config.update(yaml_io.safe_load(open(_f)) or {})
 update_config(_config, command_line_overrides(dict(workflow.config_settings.config)))
 try:
     config.update(validate_config(_config, source=" + ".join(_files)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from . import yaml_io
 
 CARDS_PATH = Path(__file__).resolve().parent / "method_cards.yaml"
 FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False,
@@ -56,7 +56,7 @@ class MethodCard:
 @functools.lru_cache(maxsize=1)
 def cards() -> dict[str, MethodCard]:
     """name -> MethodCard, in the file's order (the order tables list methods in)."""
-    raw = yaml.safe_load(CARDS_PATH.read_text())
+    raw = yaml_io.safe_load(CARDS_PATH.read_text())
     out = {}
     for name, c in raw.items():
         unknown = set(c) - {"label", "citation", "hparams", "choices", "constraints", "paper_parameters", *FLAGS}

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import yaml
 from jsonschema import Draft7Validator, validators
 
+from . import yaml_io
 from .cards import card, cards, with_flag
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
@@ -125,7 +126,7 @@ def load_schema() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = yaml_io.safe_load(SCHEMA_PATH.read_text())
     methods = schema["$defs"]["experiment"]["properties"]["methods"]
     methods["properties"], methods["patternProperties"] = {}, {}
     for name, c in cards().items():
@@ -390,7 +391,7 @@ def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dic
         if not p.exists():
             raise ConfigError(f"config file {p} not found")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml_io.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         cfg.update(data)

@@ -77,10 +77,15 @@ def _resolved(dataset, method, ways, shots, seed):
     return resolve_run(config, exp, method, shots, seed)
 
 
+@functools.lru_cache(maxsize=None)
+def _run_json(dataset, method, ways, shots, seed):
+    return _resolved(dataset, method, ways, shots, seed).to_json()
+
+
 def run_config(wildcards):
     """The resolved RunConfig (JSON) of one run: a param, so editing a method's hparams re-runs its jobs."""
     w = wildcards
-    return _resolved(w.dataset, w.method, int(w.ways), int(w.shots), int(w.seed)).to_json()
+    return _run_json(w.dataset, w.method, int(w.ways), int(w.shots), int(w.seed))
 
 
 def dataset_options(dataset):
@@ -120,9 +125,10 @@ CPU_ENV, CUDA_ENV = "../../environment.yml", "../../environment.cuda.yml"
 
 def train_runtime(wildcards):
     """Minutes a meta-training job may take (a generous estimate from the run's resolved train settings)."""
-    run = json.loads(run_config(wildcards))
-    per_task = SECONDS_PER_TASK.get(run["backbone"], 1.0)
-    return 10 + math.ceil(run["train"]["iterations"] * run["train"]["meta_batch"] * per_task / 60)
+    w = wildcards
+    run = _resolved(w.dataset, w.method, int(w.ways), int(w.shots), int(w.seed))
+    per_task = SECONDS_PER_TASK.get(run.backbone, 1.0)
+    return 10 + math.ceil(run.train["iterations"] * run.train["meta_batch"] * per_task / 60)
 
 
 def train_priority(wildcards):

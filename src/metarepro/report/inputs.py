@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .. import yaml_io
 from ..utils import MetareproError
 
 TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
@@ -139,7 +140,7 @@ def read_run_config(path: str | os.PathLike) -> Any:
     """A run's config.yaml, parsed; unreadable or invalid YAML raises MetareproError naming the file."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml_io.safe_load(path.read_text())
     except OSError as exc:
         raise MetareproError(f"cannot read run config {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
