@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import resource
 import shutil
 import subprocess
@@ -144,6 +145,16 @@ def set_determinism(on: bool) -> None:
 
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(bool(on))
+    # torch.use_deterministic_algorithms sets this same flag, but first imports torch._inductor (and dynamo) to set
+    # Inductor's own switch: 1.2 s of every strict job's start-up here, for a compiler this project never runs.
+    # Inductor's switch is set too when something imported Inductor already.
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = bool(on)
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:    # another torch: the public call
+        torch.use_deterministic_algorithms(bool(on))
+    else:
+        setter(bool(on))
     torch.backends.cudnn.deterministic = bool(on)
     torch.backends.cudnn.benchmark = False
