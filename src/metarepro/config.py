@@ -20,6 +20,7 @@ from jsonschema import Draft7Validator, validators
 
 from . import yaml_io
 from .cards import card, cards, with_flag
+from .figure_cards import FIGURE_CARDS
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 
@@ -57,27 +58,68 @@ NOT_META_TRAINED: frozenset[str] = frozenset(cards()) - with_flag("meta_trainabl
 ANY_TRAIN_WAYS: frozenset[str] = with_flag("any_train_ways")
 # Methods that predict labels from the support set's classes (prototypes, attention over labels): no regression.
 CLASSIFICATION_ONLY: frozenset[str] = with_flag("classification_only")
-_METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
+TRAIN_SHOTS_SEP = "~train"   # report-side suffix, `maml~train5`: a run meta-trained at 5 shots, tested at others
+_METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)"
+                          r"(?:~train(?P<train_shots>[0-9]+))?$")
 
 
-def split_method(name: str) -> tuple[str, str, tuple[str, ...]]:
-    """'pamela@q_shared+cml+ht' -> ('pamela', 'q_shared', ('cml', 'ht')); 'maml' -> ('maml', '', ())."""
-    m = _METHOD_NAME.match(name)
-    if m is None:
-        raise ConfigError(f"method name {name!r} is not <method>[@<tag>][+<addon>...] (a-z, 0-9, _)")
-    return m["base"], m["tag"] or "", tuple(a for a in m["addons"].split(ADDON_SEP) if a)
+@dataclass(frozen=True)
+class MethodName:
+    """The one reading of a method name, `<method>[@<tag>][+<addon>...]`: the registered method, the variant tag
+    that names a run with other switches, and the add-ons composed with it. `str()` gives the name back as written,
+    `canonical()` the one spelling a run has (add-ons in alphabetical order). Reports read one more, optional
+    suffix, `~train<K>`: a run meta-trained at K shots and tested at the row's (TRAIN_SHOTS_SEP)."""
+    base: str
+    tag: str = ""
+    addons: tuple[str, ...] = ()
+    train_shots: int | None = None
 
+    @classmethod
+    def parse(cls, name: "str | MethodName") -> "MethodName":
+        """'pamela@q_shared+cml+ht' -> MethodName('pamela', 'q_shared', ('cml', 'ht')); a bad name is a ConfigError
+        that shows the grammar."""
+        if isinstance(name, MethodName):
+            return name
+        m = _METHOD_NAME.match(name)
+        if m is None:
+            raise ConfigError(f"method name {name!r} is not <method>[@<tag>][+<addon>...] (a-z, 0-9, _)")
+        return cls(m["base"], m["tag"] or "", tuple(a for a in m["addons"].split(ADDON_SEP) if a),
+                   int(m["train_shots"]) if m["train_shots"] else None)
 
-def base_method(name: str) -> str:
-    """The registered method behind a method name: 'pamela@q_shared' -> 'pamela'; 'maml+cml' -> 'maml'."""
-    return split_method(name)[0]
+    @classmethod
+    def read(cls, name: str) -> "MethodName":
+        """`parse` for names already written to results (an eval.json's run): one outside the grammar, e.g. written
+        by hand, is read as a bare method name, so that reports label and sort it as it is written."""
+        try:
+            return cls.parse(name)
+        except ConfigError:
+            return cls(str(name))
+
+    @property
+    def variant(self) -> str:
+        """The name without its add-ons: 'pamela@q_shared+cml' -> 'pamela@q_shared'."""
+        return self.base + (VARIANT_SEP + self.tag if self.tag else "")
+
+    def with_addons(self, addons: Iterable[str]) -> "MethodName":
+        return MethodName(self.base, self.tag, tuple(addons), self.train_shots)
+
+    def with_train_shots(self, shots: int | None) -> "MethodName":
+        return MethodName(self.base, self.tag, self.addons, shots)
+
+    def canonical(self) -> "MethodName":
+        return self.with_addons(sorted(self.addons))
+
+    def __str__(self) -> str:
+        return (self.variant + "".join(ADDON_SEP + a for a in self.addons)
+                + (f"{TRAIN_SHOTS_SEP}{self.train_shots}" if self.train_shots is not None else ""))
 
 
 def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]:
     """What is wrong with the add-ons of method `method` (config block `hp`) at `where`: unknown names, two
     samplers or aggregators, hyperparameters of an add-on the name does not list, and combinations that cannot
     work (each error names both the method and the add-on)."""
-    base, _, addons = split_method(method)
+    name = MethodName.parse(method)
+    base, addons = name.base, name.addons
     problems = []
     for a in addons:
         if a not in ADDON_KINDS:
@@ -89,7 +131,7 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
         problems.append(f"'{where}': method name {method!r} lists an add-on twice")
     elif list(addons) != sorted(addons):
         # one name per run: `maml+ht+cml` and `maml+cml+ht` would be two runs, two folders and two labels
-        canonical = method.split(ADDON_SEP)[0] + "".join(ADDON_SEP + a for a in sorted(addons))
+        canonical = str(name.canonical())
         problems.append(f"'{where}': method name {method!r} lists its add-ons out of order; write {canonical!r} "
                         "(add-ons in alphabetical order, so that one run has one name)")
     for k in ("sampler", "aggregator"):
@@ -140,6 +182,8 @@ def _schema() -> dict:
     override = {"type": "object", "additionalProperties": False,
                 "properties": {k: {kk: vv for kk, vv in v.items() if kk != "default"}
                                for k, v in pre["properties"].items()}}
+    schema["properties"]["reports"]["additionalProperties"]["properties"]["figures"]["items"] = {
+        "enum": list(FIGURE_CARDS)}
     backbones = schema["$defs"]["experiment"]["properties"]["backbone"]["enum"]
     pre["properties"]["backbones"] = {"type": "object", "additionalProperties": False,
                                       "properties": {b: override for b in backbones}}
@@ -258,7 +302,7 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         for m, hp in list(exp["methods"].items()):
             if hp is None:
                 exp["methods"][m] = hp = {}
-            names = [a for a in split_method(m)[2] if a in ADDON_KINDS]
+            names = [a for a in MethodName.parse(m).addons if a in ADDON_KINDS]
             if names:
                 blocks = hp.setdefault("addons", {})
                 for a in names:
@@ -282,18 +326,18 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
         if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
-        labels_only = sorted(m for m in exp["methods"] if base_method(m) in CLASSIFICATION_ONLY)
+        labels_only = sorted(m for m in exp["methods"] if MethodName.parse(m).base in CLASSIFICATION_ONLY)
         if labels_only and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(labels_only)} classify by the support's "
                             f"classes; dataset 'sinusoid' is regression")
-        needs = sorted(m for m in exp["methods"] if base_method(m) in PRETRAINED_METHODS)
+        needs = sorted(m for m in exp["methods"] if MethodName.parse(m).base in PRETRAINED_METHODS)
         if needs and exp["dataset"] == "sinusoid":
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
                             f"dataset 'sinusoid' has no classes to pretrain on")
         for where, block in [("train", exp["train"])] + [(f"train_overrides.{k}", v)
                                                           for k, v in exp["train_overrides"].items()]:
             tw = block.get("ways")
-            fixed = sorted(m for m in exp["methods"] if base_method(m) not in ANY_TRAIN_WAYS)
+            fixed = sorted(m for m in exp["methods"] if MethodName.parse(m).base not in ANY_TRAIN_WAYS)
             if tw is not None and tw != exp["ways"] and fixed:
                 problems.append(f"'experiments.{name}.{where}.ways' = {tw} differs from ways = {exp['ways']}, but "
                                 f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
@@ -313,7 +357,7 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                 problems.append(f"'experiments.{name}.train_overrides.{shot}': {shot} is not one of shots {exp['shots']}")
         for m, hp in exp["methods"].items():
             problems += addon_problems(f"experiments.{name}.methods.{m}", m, hp, exp["dataset"])
-            problems += [f"'experiments.{name}.methods.{m}': {msg}" for msg in card(base_method(m)).problems(hp)]
+            problems += [f"'experiments.{name}.methods.{m}': {msg}" for msg in card(MethodName.parse(m).base).problems(hp)]
         for m in exp["methods"]:
             for k in exp["shots"]:
                 key = (exp["dataset"], m, exp["ways"], k)
@@ -515,7 +559,7 @@ def resolve_run(cfg: dict, experiment: str, method: str, shots: int, seed: int) 
     train.update(exp["train_overrides"].get(shots, exp["train_overrides"].get(str(shots), {})))
     dataset = exp["dataset"]
     pretrained = (f"{pretrain_dir(cfg, dataset, exp['backbone'], exp['backbone_args'], seed, exp.get('input'))}"
-                  "/backbone.pt" if base_method(method) in PRETRAINED_METHODS else "")
+                  "/backbone.pt" if MethodName.parse(method).base in PRETRAINED_METHODS else "")
     return RunConfig(
         experiment=experiment, dataset=dataset,
         dataset_args=run_dataset_args(cfg, dataset, exp.get("input"), exp.get("tasks")),
@@ -562,7 +606,7 @@ def iter_pretrains(cfg: dict) -> list[Pretrain]:
     a method in PRETRAINED_METHODS, in a stable order without duplicates."""
     out: dict[str, Pretrain] = {}
     for exp in cfg["experiments"].values():
-        if not any(base_method(m) in PRETRAINED_METHODS for m in exp["methods"]):
+        if not any(MethodName.parse(m).base in PRETRAINED_METHODS for m in exp["methods"]):
             continue
         for seed in cfg["seeds"]:
             crop = dict(exp["input"]) if exp.get("input") else None

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metarepro import addons, methods, models
+from metarepro import addons, formats, methods, models
 from metarepro.addons.cml import CoLearner
 from metarepro.addons.ht import HardTaskSampler, failure_class
 from metarepro.addons.mean import MeanAggregator
 from metarepro.addons.oamfs import CosineAggregator, cosine_weights
-from metarepro.config import ADDON_KINDS, NOT_META_TRAINED, RunConfig, load_config, resolve_run, split_method
+from metarepro.config import ADDON_KINDS, MethodName, NOT_META_TRAINED, RunConfig, load_config, resolve_run
 from metarepro.data.episodes import SinusoidEpisodes, TaskSampler
 from metarepro.data.sinusoid import SinusoidTasks
 from metarepro.data.store import load_split, write_dataset
@@ -57,8 +57,8 @@ def test_addon_names_equal_registries_and_method_grammar():
            **{k: "aggregator" for k in addons.AGGREGATORS if k != "mean"}, **{k: "term" for k in addons.TERMS}}
     assert ADDON_KINDS == reg
     assert NOT_META_TRAINED == {n for n, c in methods.METHODS.items() if not c.meta_trainable}
-    assert split_method("pamela@q_shared+cml+ht") == ("pamela", "q_shared", ("cml", "ht"))
-    assert split_method("mamlpp+cml") == ("mamlpp", "", ("cml",))
+    assert MethodName.parse("pamela@q_shared+cml+ht") == MethodName("pamela", "q_shared", ("cml", "ht"))
+    assert MethodName.parse("mamlpp+cml") == MethodName("mamlpp", "", ("cml",))
     assert isinstance(methods.build("mamlpp+cml", models.build("mlp", (1,), 1), "regression"), methods.METHODS["mamlpp"])
 
 
@@ -374,7 +374,9 @@ def test_kill_and_resume_with_a_sampler_and_a_term_ends_identically(tmp_path, mo
     rows = lambda n: [line.rsplit(",", 2)[0] + line.rsplit(",", 1)[1]   # noqa: E731  (drop elapsed_s)
                       for line in (tmp_path / n / "train_log.csv").read_text().splitlines()]
     assert rows("full") == rows("resumed")
-    assert "cml_loss" in (tmp_path / "full" / "train_log.csv").read_text().splitlines()[0]
+    header = (tmp_path / "full" / "train_log.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header[:len(formats.TRAIN_LOG_FIELDS)]) == formats.TRAIN_LOG_FIELDS and "cml_loss" in header
+    assert set(formats.MODEL_KEYS) <= a.keys()
     # at test time the co-learner is dropped: the evaluated learner is the base method, parameter for parameter
     from metarepro.train import load_learner
     learner, _, _ = load_learner(full)
@@ -457,3 +459,36 @@ def test_noise_control_is_refused_beside_a_per_task_aggregator():
     learner = mlp_learner()
     with pytest.raises(ValueError, match="noise control.*oamfs"):
         addons.build(run, learner, (1,), 1)
+
+
+def test_method_name_is_the_one_reading_of_the_grammar():
+    from metarepro.config import ConfigError
+    n = MethodName.parse("maml@noise+ht+cml")
+    assert (n.base, n.tag, n.addons, n.train_shots) == ("maml", "noise", ("ht", "cml"), None)
+    assert n.variant == "maml@noise" and str(n) == "maml@noise+ht+cml"
+    assert str(n.canonical()) == "maml@noise+cml+ht"
+    assert str(n.with_addons(())) == "maml@noise"
+    # the reports' suffix for a run tested at other shots than it was meta-trained at
+    t = MethodName.parse("maml+cml~train5")
+    assert t.train_shots == 5 and str(t.with_train_shots(None)) == "maml+cml" and str(t) == "maml+cml~train5"
+    for bad in ("MAML", "maml@", "maml+", "maml@a@b", "maml~train", "a-b"):
+        with pytest.raises(ConfigError, match="is not <method>"):
+            MethodName.parse(bad)
+    with pytest.raises(KeyError, match="unknown method"):    # a report-only name never builds a learner
+        methods.build("maml~train5", models.build("mlp", (1,), 1), "regression")
+
+
+def test_no_module_parses_method_names_by_hand():
+    """The grammar has one reader, MethodName: no other module splits a method name on its separators."""
+    import re
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[2] / "src" / "metarepro"
+    pattern = re.compile(r"""\.(split|partition|rpartition)\(\s*["'](\+|@|~train)["']|["']~train["']""")
+    offenders = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") for i, line in
+                 enumerate(p.read_text().splitlines(), 1) if pattern.search(line) and p.name != "config.py"]
+    assert offenders == []
+
+
+def test_a_hand_written_method_name_is_read_as_written():
+    assert MethodName.read("My Method") == MethodName("My Method")
+    assert MethodName.read("maml+cml") == MethodName("maml", "", ("cml",))

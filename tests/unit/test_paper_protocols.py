@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from metarepro.config import RunConfig, base_method, iter_runs, load_config, resolve_pretrain, resolve_run
+from metarepro.config import MethodName, RunConfig, iter_runs, load_config, resolve_pretrain, resolve_run
 from metarepro.data.store import write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def test_paper_protocol_runs_at_tiny_size(case, tiny_data, tiny_pretrained, tmp_
     assert (run.method, run.method_args, run.ways, run.shots) == (paper.method, paper.method_args, paper.ways, shots)
     assert {k: v for k, v in run.train.items() if k not in TINY_TRAIN} == \
         {k: v for k, v in paper.train.items() if k not in TINY_TRAIN}
-    assert type(build_learner(run)) is METHODS[base_method(method)]
+    assert type(build_learner(run)) is METHODS[MethodName.parse(method).base]
 
     assert metatrain(run, progress=False).exists()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -119,7 +119,7 @@ def test_paper_protocol_runs_at_tiny_size(case, tiny_data, tiny_pretrained, tmp_
     expected = args.get("eval_inner_steps") or args.get("inner_steps") or args.get("steps", 0)
     assert ev["inner_steps"] == expected and set(ev["by_step"]) == {str(j) for j in range(expected + 1)}
     # Meta-LSTM records its gate values (its Fig. 2) on the curve episodes; no other method adds entries
-    assert ("gates" in ev) == (base_method(method) == "metalstm")
+    assert ("gates" in ev) == (MethodName.parse(method).base == "metalstm")
     if "gates" in ev:
         assert len(ev["gates"]["forget"]["mean"]) == expected and ev["gates"]["episodes"] == ev["curve_episodes"]
 
@@ -175,12 +175,12 @@ def test_paper_variants_have_the_switches_their_report_labels_name() -> None:
             assert {k: args[k] for k in switches} == switches, (name, method)
             if protocol:
                 continue
-            base = FULL_VARIANT.get(base_method(method), base_method(method))
+            base = FULL_VARIANT.get(MethodName.parse(method).base, MethodName.parse(method).base)
             full = [e["methods"][base] for e in CFG["experiments"].values()
                     if e["dataset"] == exp["dataset"] and base in e["methods"]
                     and e["backbone_args"] == exp["backbone_args"]]
-            assert full, f"{name}.{method}: no full {base_method(method)} run to compare with"
-            if base_method(method) != "matchingnet":
+            assert full, f"{name}.{method}: no full {MethodName.parse(method).base} run to compare with"
+            if MethodName.parse(method).base != "matchingnet":
                 assert {k: v for k, v in args.items() if k not in switches and k != "addons"} == \
                     {k: v for k, v in full[0].items() if k not in switches}, (name, method)
             seen.add(method)
@@ -203,14 +203,14 @@ def test_cml_protocol() -> None:
         assert not exp["train_overrides"], name
         methods = exp["methods"]
         bases = {m for m in methods if not m.endswith("+cml")}
-        assert {base_method(m) for m in bases} == {"maml", "fomaml", "mamlpp", "boil", "sharp_maml", "pamela",
+        assert {MethodName.parse(m).base for m in bases} == {"maml", "fomaml", "mamlpp", "boil", "sharp_maml", "pamela",
                                                    "metasgd"}, name
         for m in bases:
             cml = dict(methods[m + "+cml"])
             assert cml.pop("addons") == {"cml": {"weight": 1.0, "lr": 0.001}}, (name, m)   # gamma 1, Adam 1e-3
             assert cml == methods[m], (name, m)
             assert methods[m]["inner_steps"] == 1, (name, m)
-            if base_method(m) != "metasgd":
+            if MethodName.parse(m).base != "metasgd":
                 assert methods[m]["inner_lr"] == 0.5, (name, m)
             assert m == "boil" or m.endswith("@cmlp"), (name, m)
     assert method_label("maml@cmlp+cml") == "MAML (CML protocol) + CML"

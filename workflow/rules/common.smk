@@ -10,8 +10,9 @@ import math
 import os
 import re
 
-from metarepro.config import (base_method, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
+from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
+from metarepro.figure_cards import FIGURE_CARDS
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -174,16 +175,33 @@ def report_runs(name, dataset=None, method=None):
     methods, shots = config["reports"][name].get("methods"), config["reports"][name].get("shots")
     return [r for r in found if (dataset is None or r.dataset == dataset)
             and (methods is None or r.method in methods) and (shots is None or r.shots in shots)
-            and (method is None or base_method(r.method) == method)]
+            and (method is None or MethodName.parse(r.method).base == method)]
 
 
-def gates_evals(wildcards):
-    """The eval.json of report `name`'s Meta-LSTM runs: the only ones that record gate values."""
-    found = report_runs(wildcards.name, method="metalstm")
-    if not found:
-        raise ValueError(f"report {wildcards.name!r} asks for the gates figure but has no Meta-LSTM run: "
-                         "drop `gates` from its figures or add an experiment with metalstm")
-    return run_files(found, "eval.json")
+PAPER_RESULTS = "config/paper_results.csv"
+
+
+def _figure_runs(wildcards):
+    """The runs a figure of report `name` reads: all of the report's, or those its card restricts it to (the
+    gates figure: the Meta-LSTM runs, which alone record gate values)."""
+    card = FIGURE_CARDS[wildcards.kind]
+    found = report_runs(wildcards.name, card.only_dataset or None, card.only_method or None)
+    if not found and card.only_method:
+        raise ValueError(f"report {wildcards.name!r} asks for the {card.kind} figure but has no {card.only_method} "
+                         f"run: drop `{card.kind}` from its figures or add an experiment with {card.only_method}")
+    return found
+
+
+def figure_inputs(wildcards):
+    files = run_files(_figure_runs(wildcards), *FIGURE_CARDS[wildcards.kind].reads)
+    return files + ([PAPER_RESULTS] if FIGURE_CARDS[wildcards.kind].paper else [])
+
+
+def figure_args(wildcards):
+    """The renderer's positional arguments: the runs' directories, or the files it reads."""
+    card = FIGURE_CARDS[wildcards.kind]
+    runs_ = _figure_runs(wildcards)
+    return [r.run_dir for r in runs_] if card.run_dirs else run_files(runs_, *card.reads)
 
 
 def report_figures(name):
@@ -217,5 +235,9 @@ def report_outputs(name):
 
 
 def final_outputs():
-    """What `snakemake` builds by default: every report's table and figures, and the reports index."""
-    return [f for name in config["reports"] for f in report_outputs(name)] + [f"{REPORTS}/README.md"]
+    """What `snakemake` builds by default: every report's table and figures, the reports index, and every configured
+    run's evaluations (its own shots, `test_shots`, cross-domain targets), so that an experiment no report lists is
+    still trained and tested instead of silently left out."""
+    evals = run_evals(runs()) + [f"{r.run_dir}/eval_xdomain_{t}.json" for r, t in iter_cross_domain(config)]
+    reports = [f for name in config["reports"] for f in report_outputs(name)] + [f"{REPORTS}/README.md"]
+    return reports + [f for f in dict.fromkeys(evals) if f not in set(reports)]

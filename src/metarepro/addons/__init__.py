@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import RunConfig, split_method
+from ..config import MethodName, RunConfig
 from ..data.episodes import TaskSampler
 from ..methods.base import MetaLearner
 from .base import Aggregator, OuterTerm
@@ -53,7 +53,7 @@ class AddOns:
 def build(run: RunConfig, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int) -> AddOns:
     """The add-ons named in `run.method` (with their hyperparameters from run.addons)."""
     out = AddOns()
-    for name in split_method(run.method)[2]:
+    for name in MethodName.parse(run.method).addons:
         hp = dict((run.addons or {}).get(name) or {})
         k = kind(name)
         if k == "sampler":

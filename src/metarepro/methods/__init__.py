@@ -2,12 +2,12 @@
 and their defaults, label, citation, needs) is its card in metarepro/method_cards.yaml."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from torch import nn
 
 from ..cards import card
+from ..config import ConfigError, MethodName
 from .amfs import AMFS
 from .base import Learner, MetaLearner, Task
 from .boil import BOIL
@@ -36,9 +36,6 @@ for _name, _cls in METHODS.items():
     _cls.gradient_based = card(_name).gradient_based
 
 
-VARIANT = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)$")
-
-
 def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLearner:
     """Build method `name` around `model`; unknown names get an error listing the known ones.
 
@@ -46,12 +43,15 @@ def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLe
     switches are its config block, the tag only names the run. Add-ons after the name (`maml+cml`) are built by
     metarepro.addons, not here: the method itself never knows about them.
     """
-    m = VARIANT.match(name)
-    if m is None or m["base"] not in METHODS:
+    try:
+        method = MethodName.parse(name)
+    except ConfigError:
+        method = None
+    if method is None or method.train_shots is not None or method.base not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
                        "(or <method>@<tag> and/or <method>+<addon>, of a-z, 0-9, _)")
     # every hyperparameter the config omits gets its card's default (never the constructor's)
-    return METHODS[m["base"]](model, task_type=task_type, **{**card(m["base"]).defaults(), **hparams})
+    return METHODS[method.base](model, task_type=task_type, **{**card(method.base).defaults(), **hparams})
 
 
 __all__ = ["METHODS", "build", "Learner", "MetaLearner", "Task"]

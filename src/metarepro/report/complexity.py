@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..cards import cards
-from ..config import ADDON_KINDS, split_method
+from ..config import ADDON_KINDS, MethodName
 from ..utils import MetareproError, write_text_atomic
 from ..stats import seed_mean_ci95
 from .inputs import _is_number, load_eval, read_run_config
@@ -133,7 +133,7 @@ def _meta_trained_parameters(ev: dict, method: str) -> int | None:
     method has no outer-loss term of its own (nothing is dropped at test), else unknown (None)."""
     if _is_number(ev.get("meta_trained_parameters")):
         return int(ev["meta_trained_parameters"])
-    terms = [a for a in split_method(method)[2] if ADDON_KINDS.get(a) == "term"]
+    terms = [a for a in MethodName.parse(method).addons if ADDON_KINDS.get(a) == "term"]
     return None if terms else int(ev["parameters"])
 
 
@@ -246,10 +246,10 @@ def fmt_ratio(pct: float | None, delta: float | None) -> str:
 def _paper_ratio(method: str) -> str:
     """The paper's parameters vs MAML (its method card's `paper_parameters`) for the plain method or an add-on run
     on it; variants (`@tag`) change the switches it counts, so they get none."""
-    base, tag, _ = split_method(method)
-    if tag or base not in cards():
+    name = MethodName.parse(method)
+    if name.tag or name.base not in cards():
         return ""
-    return cards()[base].paper_parameters.get("vs_maml", "")
+    return cards()[name.base].paper_parameters.get("vs_maml", "")
 
 
 HEADER = ["Dataset", "Setting", "Method", "Backbone", "Parameters", "vs MAML", "Paper: vs MAML", "Meta-trained parameters", "Test score",

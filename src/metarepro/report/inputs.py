@@ -15,17 +15,17 @@ from typing import Any
 import yaml
 
 from .. import yaml_io
+from ..config import MethodName
+from ..formats import EVAL_REQUIRED, EVAL_RUN_REQUIRED
 from ..utils import MetareproError
 
-TRAIN_SHOTS_TAG = "~train"   # `maml~train5`: a MAML run trained at 5 shots, tested at the row's shots (load_eval)
 PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "metric", "value", "ci95", "source"]
 # Optional columns after those: the setup a published number was measured in, beyond backbone and setting. Empty
 # means the dataset's standard (the image size of STANDARD_IMAGE_SIZE, the full dataset, training at the tested
 # ways and shots). A published number is compared with our run only when the whole setup matches (report/tables).
 PAPER_SETUP_COLUMNS = ["image_size", "variant", "train_ways", "train_shots"]
 STANDARD_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "tieredimagenet": 84, "cub": 84, "cifarfs": 32, "fc100": 32}
-EVAL_REQUIRED = ("run", "metric", "mean", "ci95")
-RUN_REQUIRED = ("dataset", "method", "ways", "shots", "seed")
+RUN_REQUIRED = EVAL_RUN_REQUIRED
 
 
 def _is_number(v: Any) -> bool:
@@ -77,7 +77,8 @@ def load_eval(path: str | os.PathLike) -> dict:
     if _is_number(ts) and int(ts) != int(ev["run"]["shots"]):
         # tested at other shots than trained: a row of its own at the tested shots, labelled by its training shots
         run = ev["run"]
-        ev["run"] = {**run, "shots": int(ts), "method": f"{run['method']}{TRAIN_SHOTS_TAG}{int(run['shots'])}"}
+        method = MethodName.read(run["method"]).with_train_shots(int(run["shots"]))
+        ev["run"] = {**run, "shots": int(ts), "method": str(method)}
     return ev
 
 

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,15 +20,15 @@ import numpy as np
 
 
 from ..cards import cards
-from ..config import split_method
+from ..config import MethodName
 from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
                      seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
-from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, STANDARD_IMAGE_SIZE, TRAIN_SHOTS_TAG, PaperRow,
+from .inputs import (EVAL_REQUIRED, PAPER_COLUMNS, RUN_REQUIRED, STANDARD_IMAGE_SIZE, PaperRow,
                      load_eval, load_paper_results, read_run_config)
 
 # re-exported: the report modules and tests read inputs through this module too
-__all__ = ["EVAL_REQUIRED", "PAPER_COLUMNS", "RUN_REQUIRED", "TRAIN_SHOTS_TAG", "PaperRow", "load_eval",
+__all__ = ["EVAL_REQUIRED", "PAPER_COLUMNS", "RUN_REQUIRED", "PaperRow", "load_eval",
            "load_paper_results", "read_run_config", "make_table", "method_label", "aggregate", "build_rows",
            "render_markdown", "render_csv", "numerics_note", "paired_test", "mean_ci95", "seed_mean_ci95", "Paired"]
 
@@ -112,20 +111,20 @@ def method_label(method: str) -> str:
     """`maml` -> "MAML"; `mamlpp+cml` -> "MAML++ + CML"; `pamela@q_shared` -> its VARIANT_LABELS entry,
     `pamela@other` -> "PAMELA (other)"; `maml~train5` -> "MAML (5-shot meta-training)" (the Meta-SGD paper's
     label for a model tested at other shots than trained); unknown names are kept as they are."""
-    if TRAIN_SHOTS_TAG in method:
-        method, _, k = method.partition(TRAIN_SHOTS_TAG)
-        return f"{method_label(method)} ({k}-shot meta-training)"
-    base, *mods = method.split("+")
-    if base.endswith(f"@{NOISE_TAG}") and ("cml" in mods or "cml_dagger" in mods):
+    name = MethodName.read(method)
+    if name.train_shots is not None:
+        return f"{method_label(str(name.with_train_shots(None)))} ({name.train_shots}-shot meta-training)"
+    mods = name.addons
+    if name.tag == NOISE_TAG and ("cml" in mods or "cml_dagger" in mods):
         # CML's noise-matched control: the co-learner trains, the learner gets noise of its gradient's norm instead
-        rest = [m for m in mods if m not in ("cml", "cml_dagger")]
-        return (method_label("+".join([base[:-len(NOISE_TAG) - 1]] + rest)) + " + noise of CML's norm (control)"
+        rest = MethodName(name.base, addons=tuple(m for m in mods if m not in ("cml", "cml_dagger")))
+        return (method_label(str(rest)) + " + noise of CML's norm (control)"
                 + (", scored by its co-learner (CML†)" if "cml_dagger" in mods else ""))
-    if base in VARIANT_LABELS:
-        label = VARIANT_LABELS[base]
+    if name.variant in VARIANT_LABELS:
+        label = VARIANT_LABELS[name.variant]
     else:
-        name, _, tag = base.partition("@")
-        label = METHOD_LABELS.get(name, name) + (f" ({PROTOCOL_TAGS.get(tag, tag)})" if tag else "")
+        label = (METHOD_LABELS.get(name.base, name.base)
+                 + (f" ({PROTOCOL_TAGS.get(name.tag, name.tag)})" if name.tag else ""))
     return " + ".join([label] + [MODIFIER_LABELS.get(m, m.upper()) for m in mods])
 
 
@@ -144,7 +143,7 @@ def setting_label(dataset: str, ways: int | None, shots: int) -> str:
 
 
 def _sort_key_method(method: str) -> tuple:
-    base = method.split(TRAIN_SHOTS_TAG)[0].split("+")[0].split("@")[0]   # variants sort beside their method
+    base = MethodName.read(method).base   # variants and add-on runs sort beside their method
     order = list(METHOD_LABELS)
     return (order.index(base) if base in order else len(order), method)
 
@@ -277,7 +276,7 @@ def run_setup(ev: dict) -> dict:
     args = run.get("dataset_args") or {}
     inp = args.get("input") or {}
     method = str(run["method"])
-    train_shots = int(method.partition(TRAIN_SHOTS_TAG)[2] or run["shots"])
+    train_shots = MethodName.read(method).train_shots or int(run["shots"])
     bargs = run.get("backbone_args") or {}
     return {"family": str(run.get("backbone", "?")), "backbone": backbone_label(run),
             "extra": ", ".join(k for k in ("extra_blocks", "branch") if bargs.get(k)),
@@ -401,9 +400,9 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
     def reference(g: Group) -> Group | None:
         """MAML, except for a run with add-ons (`boil+cml`, `maml@noise+cml`): it is paired with its base run, the
         same name without the add-ons (else without the tag too), when the table has that run in its setting."""
-        if "+" in g.method:
-            stem = g.method.split("+")[0]
-            for name in (stem, stem.split("@")[0]):
+        method = MethodName.read(g.method)
+        if method.addons:
+            for name in (method.variant, method.base):
                 if (g.dataset, g.ways, g.shots, name) in by_name:
                     return by_name[(g.dataset, g.ways, g.shots, name)]
         return refs.get((g.dataset, g.ways, g.shots))
@@ -542,9 +541,9 @@ def choices_notes(methods: Iterable[str]) -> list[str]:
     bases: dict[str, None] = {}
     addons: dict[str, None] = {}
     for name in methods:
-        base, _, ons = split_method(name.split(TRAIN_SHOTS_TAG)[0])
-        bases[base] = None
-        addons.update(dict.fromkeys(ons))
+        method = MethodName.read(name)
+        bases[method.base] = None
+        addons.update(dict.fromkeys(method.addons))
     out = [f"- **Our choices, {METHOD_LABELS[b]}.** {cards()[b].choices}"
            for b in bases if b in METHOD_LABELS and cards()[b].choices]
     out += [f"- **Our choices, {MODIFIER_LABELS.get(a, a)}.** {ADDON_CHOICES[a]}" for a in addons if a in ADDON_CHOICES]
@@ -676,7 +675,8 @@ def with_colearner_rows(evals: list[dict]) -> list[dict]:
         out.append(ev)
         co = ev.get("colearner")
         if isinstance(co, dict) and isinstance(co.get("per_episode"), list):
-            method = re.sub(r"\+cml(?=\+|$)", "+cml_dagger", str(ev["run"]["method"]))
+            name = MethodName.read(str(ev["run"]["method"]))
+            method = str(name.with_addons("cml_dagger" if a == "cml" else a for a in name.addons))
             steps = str(ev.get("inner_steps", max(_steps(ev), default=0)))
             out.append({**ev, "run": {**ev["run"], "method": method}, "mean": co["mean"], "ci95": co["ci95"],
                         "std": co.get("std", 0.0), "per_episode": co["per_episode"],
