@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from . import data as datasets
 from . import models, numerics
 from .config import PretrainConfig
+from .formats import PRETRAIN_LOG_FIELDS
 from .data.episodes import resize_center_crop
 from .data.store import ImageSplit
 from .methods.protonet import class_means
@@ -44,7 +45,7 @@ log = logging.getLogger("metarepro.pretrain")
 
 __all__ = ["pretrain", "load_backbone", "build_classifier", "fewshot_accuracy", "LOG_FIELDS"]
 
-LOG_FIELDS = ["step", "epoch", "loss", "accuracy", "val_mean", "val_ci95", "lr", "elapsed_s"]
+LOG_FIELDS = list(PRETRAIN_LOG_FIELDS)   # its train_log.csv's columns (metarepro.formats)
 LOG_EVERY = 50      # steps per train_log.csv row (loss and accuracy are means over those steps)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from . import data as datasets
 from . import methods, models
 from .config import RunConfig
+from .formats import MODEL_KEYS, TRAIN_LOG
 from .methods.base import MetaLearner
 from .utils import MetareproError, atomic_path, write_text_atomic, write_yaml_atomic
 
@@ -65,7 +66,7 @@ def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list
     writer = csv.DictWriter(buf, fieldnames=log_fields)
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(out / "train_log.csv", buf.getvalue())
+    write_text_atomic(out / TRAIN_LOG, buf.getvalue())
     write_yaml_atomic(out / "config.yaml", {**config, "provenance": {
         "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
         "peak_memory_mb": round(final["peak_memory_mb"], 1), "device": final.get("device", "cpu"), **provenance}})
@@ -74,9 +75,6 @@ def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list
     ckpt_path.unlink(missing_ok=True)
     if ckpt_path.parent.exists() and not any(ckpt_path.parent.iterdir()):
         ckpt_path.parent.rmdir()
-
-
-MODEL_KEYS = ("run", "state", "best_iteration", "val_mean", "val_ci95", "wall_time_s")
 
 
 def load_model_file(path: str | Path) -> dict:

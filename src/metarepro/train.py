@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import addons, numerics
 from . import data as datasets
 from .config import RunConfig
+from .formats import TRAIN_LOG_FIELDS
 from .methods.base import MetaLearner
 from .runtime import build_learner, load_backbone, load_learner, load_resume_state, write_outputs
 from .stats import mean_ci95
@@ -31,10 +32,7 @@ log = logging.getLogger("metarepro.train")
 
 __all__ = ["metatrain", "validate", "load_learner", "build_learner", "LOG_FIELDS"]
 
-# val_inner_loss(_var): mean and variance over the validation episodes of the support loss after adaptation
-# skipped: 1 where the meta-step was skipped because a gradient was inf/NaN (a diverging inner loop)
-LOG_FIELDS = ["iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95", "val_inner_loss", "val_inner_loss_var",
-              "lr", "skipped", "elapsed_s"]
+LOG_FIELDS = list(TRAIN_LOG_FIELDS)   # train_log.csv's columns (metarepro.formats), before the add-on terms'
 VAL_SPLIT = "val"
 
 

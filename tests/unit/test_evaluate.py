@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metarepro import formats
 from metarepro.config import RunConfig, load_config, resolve_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,8 @@ def test_curve_episodes_limits_the_per_step_curve_not_the_headline_score(tmp_pat
     full = json.loads(evaluate(_trained(tmp_path / "full"), progress=False).read_text())
     part = json.loads(evaluate(_trained(tmp_path / "part", curve_episodes=12), progress=False).read_text())
     assert full["curve_episodes"] == 30 and part["curve_episodes"] == 12
+    # the file format the reports read (metarepro.formats)
+    assert set(formats.EVAL_REQUIRED) <= full.keys() and set(formats.EVAL_RUN_REQUIRED) <= full["run"].keys()
     # identical weights and episodes: the final-step scores agree episode by episode
     assert part["per_episode"] == pytest.approx(full["per_episode"], abs=1e-12)
     assert part["mean"] == pytest.approx(full["mean"]) and len(part["per_episode"]) == 30

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ..formats import TRAIN_LOG_PLOTTED  # noqa: E402
 from ..utils import MetareproError, atomic_path  # noqa: E402
 from .tables import (DATASET_LABELS, DATASET_ORDER, Group, aggregate, load_eval, load_paper_results,  # noqa: E402
                      match_paper, method_label, read_run_config, run_setup, setting_label, setup_differences)
@@ -30,7 +31,7 @@ log = logging.getLogger("metarepro.report")
 
 DPI = 150
 PROFILE_KEY = "metarepro-profile"
-TRAIN_LOG_COLUMNS = ("iteration", "meta_loss", "meta_metric", "val_mean", "val_ci95")
+TRAIN_LOG_COLUMNS = TRAIN_LOG_PLOTTED   # of train_log.csv (metarepro.formats)
 # filled on validation rows only: mean over the validation episodes of the support loss after the inner
 # loop, and its variance across those episodes (older logs lack them)
 INNER_LOSS_COLUMNS = ("val_inner_loss", "val_inner_loss_var")
