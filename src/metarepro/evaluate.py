@@ -90,15 +90,13 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
     for i in bar:
         task = eps.episode(i).to(device)
-        if members:
-            diag = None
-            scores = ensemble_scores(members, task, steps, every_step=i < n_curve)
-        else:
-            # CML†: the co-learner reads the feature map of the scored query pass (the last forward of the block),
-            # so it scores the very adaptation the base method is scored on, without adapting a second time
-            with learner.record_diagnostics() if i < n_curve else contextlib.nullcontext() as diag, \
-                    tap_outputs(learner.model, [colearner.tap] if colearner is not None else []) as tapped:
-                scores = learner.evaluate_task(task, steps, every_step=i < n_curve)
+        # CML†: the co-learner reads the feature map of the scored query pass (the last forward of the block), so
+        # it scores the very adaptation the base method is scored on, without adapting a second time (an
+        # ensemble's co-learner adapts its own copy: colearner_score)
+        single = not members
+        with learner.record_diagnostics() if single and i < n_curve else contextlib.nullcontext() as diag, \
+                tap_outputs(learner.model, [colearner.tap] if single and colearner is not None else []) as tapped:
+            scores = episode_scores(learner, members, task, steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
             if diag is not None:
@@ -264,6 +262,14 @@ def ensemble_scores(members: list[Any], task: Any, steps: int, every_step: bool 
     return [members[0].metric(o / len(members), task.y_query) for o in total]
 
 
+def episode_scores(learner: Any, members: list[Any], task: Any, steps: int, every_step: bool = True) -> list[float]:
+    """One test episode's query metric after 0..steps inner steps (or the last only): the ensemble's where the
+    run has one (`members`), else the learner's."""
+    if members:
+        return ensemble_scores(members, task, steps, every_step=every_step)
+    return learner.evaluate_task(task, steps, every_step=every_step)
+
+
 def _score_without_overlap(learner: Any, members: list, xdomain: dict, dataset: str, dataset_args: dict,
                            data_dir: str, ways: int, k: int, ev: dict, seed: int, model_input: Any, steps: int,
                            device: str) -> dict[str, Any]:
@@ -279,10 +285,7 @@ def _score_without_overlap(learner: Any, members: list, xdomain: dict, dataset: 
                             exclude=gone)
     final = np.zeros(ev["episodes"])
     for i in range(ev["episodes"]):
-        task = eps.episode(i).to(device)
-        scores = (ensemble_scores(members, task, steps, every_step=False) if members
-                  else learner.evaluate_task(task, steps, every_step=False))
-        final[i] = scores[-1]
+        final[i] = episode_scores(learner, members, eps.episode(i).to(device), steps, every_step=False)[-1]
     m, c = mean_ci(final)
     return {"classes": left, "dropped": len(gone), "episodes": int(ev["episodes"]),
             "episode_set": eps.fingerprint(ev["episodes"]), "mean": m, "ci95": c, "per_episode": final.tolist()}
