@@ -567,3 +567,22 @@ def test_published_rows_of_another_setup_are_shown_but_never_compared(tmp_path):
     assert mini["diff"] == ""
     md = md_path.read_text()
     assert "43.6 ± 1.8 [MTL (SS)] (resnet12; ours conv4-64)" in md and "Published, other setup" in md
+
+
+def test_figure_cards_are_the_one_list_of_figure_kinds():
+    """The config schema's figure names, the CLI's renderers and the renderer registries all come from the cards."""
+    from metarepro.config import load_schema
+    from metarepro.figure_cards import FIGURE_CARDS, RENDERERS
+    from metarepro.report.analysis import ANALYSIS_FIGURES
+    from metarepro.report.cli import build_parser
+    from metarepro.report.figures import FIGURES
+
+    assert set(RENDERERS) == set(FIGURES) | set(ANALYSIS_FIGURES)
+    enum = load_schema()["properties"]["reports"]["additionalProperties"]["properties"]["figures"]["items"]["enum"]
+    assert enum == list(FIGURE_CARDS)
+    parser = build_parser()
+    assert parser.parse_args(["figure", "--kind", "sinusoid_fits", "--out", "x.png", "e.json"]).kind == "sinusoid_fits"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["figure", "--kind", "fits", "--out", "x.png", "e.json"])   # a config name, not a renderer
+    for card in FIGURE_CARDS.values():
+        assert card.reads and card.caption.endswith(".")

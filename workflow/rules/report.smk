@@ -6,18 +6,14 @@ localrules:
     table,
     complexity,
     xdomain,
-    curves,
-    inner_steps,
-    sinusoid_fits,
-    gates,
-    loss_variance,
+    figure,
     index,
 
 
 rule table:
     input:
         evals=lambda w: run_evals(report_runs(w.name)),
-        paper="config/paper_results.csv",
+        paper=PAPER_RESULTS,
     output:
         md=f"{REPORTS}/tables/{{name}}.md",
         csv=report(f"{REPORTS}/tables/{{name}}.csv", caption="../report/table.rst", category="Tables",
@@ -84,113 +80,16 @@ rule xdomain:
         " --out {output.md:q} {input:q} > {log:q} 2>&1"
 
 
-rule curves:
+rule figure:
+    """Every figure kind of metarepro.figure_cards: what it reads from the report's runs and its caption come from
+    the kind's card, the picture from its renderer (`report figure --kind`)."""
     input:
-        runs=lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
-        paper="config/paper_results.csv",
+        figure_inputs,
     output:
-        report(f"{FIGURES}/{{name}}_curves.png", caption="../report/curves.rst", category="Figures",
-               labels={"report": "{name}", "figure": "training curves"}),
-    log:
-        f"{LOGS}/report/{{name}}_curves.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
-    shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind curves --paper {input.paper:q} --out {output:q}"
-        " {params.run_dirs:q} > {log:q} 2>&1"
-
-
-rule inner_steps:
-    input:
-        lambda w: run_files(report_runs(w.name), "eval.json"),
-    output:
-        report(f"{FIGURES}/{{name}}_inner_steps.png", caption="../report/inner_steps.rst",
-               category="Figures", labels={"report": "{name}", "figure": "inner steps"}),
-    log:
-        f"{LOGS}/report/{{name}}_inner_steps.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind inner_steps --out {output:q} {input:q} > {log:q} 2>&1"
-
-
-rule sinusoid_fits:
-    input:
-        lambda w: run_files(report_runs(w.name, "sinusoid"), "eval.json"),
-    output:
-        report(f"{FIGURES}/{{name}}_fits.png", caption="../report/sinusoid_fits.rst",
-               category="Figures", labels={"report": "{name}", "figure": "sinusoid fits"}),
-    log:
-        f"{LOGS}/report/{{name}}_fits.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind sinusoid_fits --out {output:q} {input:q} > {log:q} 2>&1"
-
-
-rule gates:
-    input:
-        gates_evals,
-    output:
-        report(f"{FIGURES}/{{name}}_gates.png", caption="../report/gates.rst",
-               category="Figures", labels={"report": "{name}", "figure": "Meta-LSTM gates"}),
-    log:
-        f"{LOGS}/report/{{name}}_gates.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind gates --out {output:q} {input:q} > {log:q} 2>&1"
-
-
-rule loss_variance:
-    input:
-        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml"),
-    output:
-        report(f"{FIGURES}/{{name}}_loss_variance.png", caption="../report/loss_variance.rst",
-               category="Figures", labels={"report": "{name}", "figure": "inner-loss variance"}),
-    log:
-        f"{LOGS}/report/{{name}}_loss_variance.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
-    shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind loss_variance --out {output:q} {params.run_dirs:q}"
-        " > {log:q} 2>&1"
-
-
-rule cml_analysis:
-    """CML's five analysis figures (noise control, gradient cosine, gradient norms, CKA, t-SNE) from a report's
-    run directories."""
-    input:
-        lambda w: run_files(report_runs(w.name), "train_log.csv", "config.yaml", "eval.json"),
-    output:
-        report(f"{FIGURES}/{{name}}_{{kind}}.png", caption="../report/cml_analysis.rst", category="Figures",
+        report(f"{FIGURES}/{{name}}_{{kind}}.png", caption="../report/figure.rst", category="Figures",
                labels={"report": "{name}", "figure": "{kind}"}),
     wildcard_constraints:
-        kind="cml_noise|cml_cosine|grad_norms|cka|tsne",
+        kind=_alternatives(FIGURE_CARDS),
     log:
         f"{LOGS}/report/{{name}}_{{kind}}.log",
     conda:
@@ -200,10 +99,13 @@ rule cml_analysis:
         mem_mb=1000,
         runtime=10,
     params:
-        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+        renderer=lambda w: FIGURE_CARDS[w.kind].renderer,
+        paper=lambda w: f"--paper {PAPER_RESULTS}" if FIGURE_CARDS[w.kind].paper else "",
+        args=figure_args,
+        caption=lambda w: FIGURE_CARDS[w.kind].caption,
     shell:
-        "PYTHONPATH=src python -m metarepro report figure --kind {wildcards.kind} --out {output:q}"
-        " {params.run_dirs:q} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro report figure --kind {params.renderer} {params.paper} --out {output:q}"
+        " {params.args:q} > {log:q} 2>&1"
 
 
 rule index:

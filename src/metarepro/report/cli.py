@@ -11,11 +11,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..figure_cards import RENDERERS as FIGURE_KINDS  # the renderers, one per figure card
 from ..utils import MetareproError, write_text_atomic
 
-FIGURE_KINDS = ("curves", "inner_steps", "sinusoid_fits", "gates", "loss_variance",
-                # CML's analyses (report/analysis.py): from run directories
-                "cml_noise", "cml_cosine", "grad_norms", "cka", "tsne")
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
 FIGURE_CAPTIONS = {
     "curves": "meta-training loss and validation score vs iteration",
