@@ -395,8 +395,9 @@ def test_pretraining_settings_may_differ_per_backbone_and_aliases_stay_apart() -
             res["batch_size"], res["epochs"]) == ("sgd", 0.1, True, 0.0005, 30, 0.2, 128, 100)
     assert res["val_episodes"] == conv["val_episodes"] == 100         # the dataset block's value where not overridden
     default = load_config(REPO / "config" / "config.yaml")
-    fc = default["experiments"]["fc100_cml"]["methods"]
-    assert "addons" not in fc["boil"] and fc["boil+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
+    fc = default["experiments"]["fc100_cml_analysis"]["methods"]
+    assert "addons" not in default["experiments"]["fc100_cml"]["methods"]["boil"]
+    assert fc["maml+cml"]["addons"] == {"cml": {"weight": 1.0, "lr": 0.001}}
     assert "radius" not in default["experiments"]["fc100"]["methods"]["maml"]
 
 
