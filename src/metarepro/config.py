@@ -20,7 +20,7 @@ from jsonschema import Draft7Validator, validators
 
 from . import yaml_io
 from .cards import card, cards, with_flag
-from .figure_cards import FIGURE_CARDS
+from .report_cards import FIGURE_CARDS
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 

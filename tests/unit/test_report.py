@@ -572,7 +572,7 @@ def test_published_rows_of_another_setup_are_shown_but_never_compared(tmp_path):
 def test_figure_cards_are_the_one_list_of_figure_kinds():
     """The config schema's figure names, the CLI's renderers and the renderer registries all come from the cards."""
     from metarepro.config import load_schema
-    from metarepro.figure_cards import FIGURE_CARDS, RENDERERS
+    from metarepro.report_cards import FIGURE_CARDS, RENDERERS
     from metarepro.report.analysis import ANALYSIS_FIGURES
     from metarepro.report.cli import build_parser
     from metarepro.report.figures import FIGURES
@@ -586,3 +586,15 @@ def test_figure_cards_are_the_one_list_of_figure_kinds():
         parser.parse_args(["figure", "--kind", "fits", "--out", "x.png", "e.json"])   # a config name, not a renderer
     for card in FIGURE_CARDS.values():
         assert card.reads and card.caption.endswith(".")
+
+
+def test_side_table_cards_name_a_report_subcommand_and_a_report_flag():
+    from metarepro.config import load_schema
+    from metarepro.report.cli import build_parser
+    from metarepro.report_cards import SIDE_TABLE_CARDS
+
+    flags = load_schema()["properties"]["reports"]["additionalProperties"]["properties"]
+    for kind, card in SIDE_TABLE_CARDS.items():
+        assert flags[card.flag]["type"] == "boolean"
+        args = build_parser().parse_args([kind, "--name", "r", "--out", f"t/r_{kind}.md", "x"])
+        assert args.command == kind

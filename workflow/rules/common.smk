@@ -12,7 +12,7 @@ import re
 
 from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
-from metarepro.figure_cards import FIGURE_CARDS
+from metarepro.report_cards import FIGURE_CARDS, SIDE_TABLE_CARDS
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
 RESULTS = config["results_dir"]
@@ -223,14 +223,26 @@ def xdomain_evals(wildcards):
     return [f"{r.run_dir}/eval_xdomain_{t}.json" for r, t in pairs] + run_files(sorted(tested, key=str), "eval.json")
 
 
+def side_table_inputs(wildcards):
+    if wildcards.kind == "xdomain":
+        return xdomain_evals(wildcards)
+    return run_files(report_runs(wildcards.name), "eval.json", "config.yaml")
+
+
+def side_table_args(wildcards):
+    """`report complexity` reads run directories; `report xdomain` the evaluation files themselves."""
+    if wildcards.kind == "xdomain":
+        return xdomain_evals(wildcards)
+    return [r.run_dir for r in report_runs(wildcards.name)]
+
+
 def report_outputs(name):
     """What one report produces: its table (md + csv), its complexity and cross-domain tables if asked for, and
     its figures."""
     out = [f"{REPORTS}/tables/{name}.md", f"{REPORTS}/tables/{name}.csv"]
-    if config["reports"][name].get("complexity"):
-        out += [f"{REPORTS}/tables/{name}_complexity.md", f"{REPORTS}/tables/{name}_complexity.csv"]
-    if config["reports"][name].get("cross_domain"):
-        out += [f"{REPORTS}/tables/{name}_xdomain.md", f"{REPORTS}/tables/{name}_xdomain.csv"]
+    for kind, card in SIDE_TABLE_CARDS.items():
+        if config["reports"][name].get(card.flag):
+            out += [f"{REPORTS}/tables/{name}_{kind}.md", f"{REPORTS}/tables/{name}_{kind}.csv"]
     return out + [f"{FIGURES}/{name}_{kind}.png" for kind in report_figures(name)]
 
 

@@ -4,8 +4,7 @@
 # Cheap, and they write into the (git-tracked) reports folder: run them where Snakemake runs.
 localrules:
     table,
-    complexity,
-    xdomain,
+    side_table,
     figure,
     index,
 
@@ -35,15 +34,19 @@ rule table:
         " --out {output.md:q} {input.evals:q} > {log:q} 2>&1"
 
 
-rule complexity:
+rule side_table:
+    """The tables of metarepro.report_cards.SIDE_TABLE_CARDS that a report asks for (`complexity: true`,
+    `cross_domain: true`): {name}_{kind}.md/.csv, from `report <kind>`."""
     input:
-        lambda w: run_files(report_runs(w.name), "eval.json", "config.yaml"),
+        side_table_inputs,
     output:
-        md=f"{REPORTS}/tables/{{name}}_complexity.md",
-        csv=report(f"{REPORTS}/tables/{{name}}_complexity.csv", caption="../report/complexity.rst",
-                   category="Tables", labels={"report": "{name}", "table": "complexity"}),
+        md=f"{REPORTS}/tables/{{name}}_{{kind}}.md",
+        csv=report(f"{REPORTS}/tables/{{name}}_{{kind}}.csv", caption="../report/side_table.rst",
+                   category="Tables", labels={"report": "{name}", "table": "{kind}"}),
+    wildcard_constraints:
+        kind=_alternatives(SIDE_TABLE_CARDS),
     log:
-        f"{LOGS}/report/{{name}}_complexity.log",
+        f"{LOGS}/report/{{name}}_{{kind}}.log",
     conda:
         "../../environment.yml"
     threads: 1
@@ -51,37 +54,16 @@ rule complexity:
         mem_mb=1000,
         runtime=10,
     params:
-        title=lambda w: f"Complexity (parameters, time, memory): {config['reports'][w.name].get('title', w.name)}",
-        run_dirs=lambda w: [r.run_dir for r in report_runs(w.name)],
+        title=lambda w: f"{SIDE_TABLE_CARDS[w.kind].title}: {config['reports'][w.name].get('title', w.name)}",
+        args=side_table_args,
+        caption=lambda w: SIDE_TABLE_CARDS[w.kind].caption,
     shell:
-        "PYTHONPATH=src python -m metarepro report complexity --name {wildcards.name} --title {params.title:q}"
-        " --out {output.md:q} {params.run_dirs:q} > {log:q} 2>&1"
-
-
-rule xdomain:
-    input:
-        xdomain_evals,
-    output:
-        md=f"{REPORTS}/tables/{{name}}_xdomain.md",
-        csv=report(f"{REPORTS}/tables/{{name}}_xdomain.csv", caption="../report/xdomain.rst",
-                   category="Tables", labels={"report": "{name}", "table": "cross-domain"}),
-    log:
-        f"{LOGS}/report/{{name}}_xdomain.log",
-    conda:
-        "../../environment.yml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        title=lambda w: f"Cross-domain: {config['reports'][w.name].get('title', w.name)}",
-    shell:
-        "PYTHONPATH=src python -m metarepro report xdomain --name {wildcards.name} --title {params.title:q}"
-        " --out {output.md:q} {input:q} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro report {wildcards.kind} --name {wildcards.name} --title {params.title:q}"
+        " --out {output.md:q} {params.args:q} > {log:q} 2>&1"
 
 
 rule figure:
-    """Every figure kind of metarepro.figure_cards: what it reads from the report's runs and its caption come from
+    """Every figure kind of metarepro.report_cards: what it reads from the report's runs and its caption come from
     the kind's card, the picture from its renderer (`report figure --kind`)."""
     input:
         figure_inputs,

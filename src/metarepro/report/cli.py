@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..figure_cards import RENDERERS as FIGURE_KINDS  # the renderers, one per figure card
+from ..report_cards import RENDERERS as FIGURE_KINDS  # the renderers, one per figure card
 from ..utils import MetareproError, write_text_atomic
 
 # caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)

@@ -1,7 +1,13 @@
-"""The report figures, one card per kind (torch-free, no plotting imports): what a figure reads from each run of its
-report, which runs it takes, and its caption. The config schema's `reports.*.figures` names, the report CLI's
-`figure --kind` choices and the workflow's one figure rule are all derived from these cards; the renderers live in
-metarepro.report.figures (FIGURES) and metarepro.report.analysis (ANALYSIS_FIGURES), keyed by `renderer`."""
+"""What a report renders, one card per kind (torch-free, no plotting imports).
+
+Figures: what a figure reads from each run of its report, which runs it takes, and its caption. The config schema's
+`reports.*.figures` names, the report CLI's `figure --kind` choices and the workflow's one figure rule are derived
+from these cards; the renderers live in metarepro.report.figures (FIGURES) and metarepro.report.analysis
+(ANALYSIS_FIGURES), keyed by `renderer`.
+
+Side tables: the tables a report adds beside its main one when its config sets their flag (`complexity: true`,
+`cross_domain: true`): {report}_{kind}.md/.csv, rendered by `python -m metarepro report <kind>`, with one workflow
+rule for all of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,3 +58,28 @@ FIGURE_CARDS: dict[str, FigureCard] = {c.kind: c for c in (
       for k in ("cml_noise", "cml_cosine", "grad_norms", "cka", "tsne")),
 )}
 RENDERERS: tuple[str, ...] = tuple(c.renderer for c in FIGURE_CARDS.values())
+
+
+@dataclass(frozen=True)
+class SideTableCard:
+    kind: str                    # the CLI subcommand and the file's suffix: {reports_dir}/tables/{report}_{kind}.md
+    flag: str                    # the report's config flag that asks for it
+    title: str                   # its heading, before the report's title
+    caption: str                 # the Snakemake report's caption, after "Report <name>:"
+
+
+SIDE_TABLE_CARDS: dict[str, SideTableCard] = {c.kind: c for c in (
+    SideTableCard("complexity", "complexity", "Complexity (parameters, time, memory)",
+                  caption="for each method and setting, the number of parameters (and its difference to MAML's in "
+                          "the same setting), the meta-training wall time per iteration, the test-time adaptation "
+                          "time per task and the peak memory of training and evaluation, read from each run's "
+                          "``eval.json`` and ``config.yaml``. Times and memory depend on the machine that ran the "
+                          "jobs (``eval_device`` column); the Markdown table has notes on what each number "
+                          "includes."),
+    SideTableCard("xdomain", "cross_domain", "Cross-domain",
+                  caption="for each method, its accuracy on its own dataset's test classes beside its accuracy on "
+                          "another dataset's test classes (the target's fixed test episodes, images converted to the "
+                          "source model's input and normalised with the source's training statistics), the same "
+                          "method trained on the target where the report has it, and paired tests between methods "
+                          "on the same target episodes."),
+)}
