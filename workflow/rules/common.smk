@@ -252,4 +252,5 @@ def final_outputs():
     still trained and tested instead of silently left out."""
     evals = run_evals(runs()) + [f"{r.run_dir}/eval_xdomain_{t}.json" for r, t in iter_cross_domain(config)]
     reports = [f for name in config["reports"] for f in report_outputs(name)] + [f"{REPORTS}/README.md"]
-    return reports + [f for f in dict.fromkeys(evals) if f not in set(reports)]
+    listed = set(reports)
+    return reports + [f for f in dict.fromkeys(evals) if f not in listed]
