@@ -66,6 +66,10 @@ class SideTableCard:
     flag: str                    # the report's config flag that asks for it
     title: str                   # its heading, before the report's title
     caption: str                 # the Snakemake report's caption, after "Report <name>:"
+    # what `report <kind>` reads: "run_dirs" (each run of the report: its folder, whose eval.json and config.yaml
+    # are the job's inputs) or "cross_domain_evals" (the eval_xdomain_<target>.json files of the report's runs
+    # and the in-domain eval.json files beside them, given as the files themselves)
+    reads: str = "run_dirs"
 
 
 SIDE_TABLE_CARDS: dict[str, SideTableCard] = {c.kind: c for c in (
@@ -76,10 +80,11 @@ SIDE_TABLE_CARDS: dict[str, SideTableCard] = {c.kind: c for c in (
                           "``eval.json`` and ``config.yaml``. Times and memory depend on the machine that ran the "
                           "jobs (``eval_device`` column); the Markdown table has notes on what each number "
                           "includes."),
-    SideTableCard("xdomain", "cross_domain", "Cross-domain",
+    SideTableCard("xdomain", "cross_domain", "Cross-domain", reads="cross_domain_evals",
                   caption="for each method, its accuracy on its own dataset's test classes beside its accuracy on "
                           "another dataset's test classes (the target's fixed test episodes, images converted to the "
                           "source model's input and normalised with the source's training statistics), the same "
                           "method trained on the target where the report has it, and paired tests between methods "
                           "on the same target episodes."),
 )}
+SIDE_TABLE_READS = ("run_dirs", "cross_domain_evals")

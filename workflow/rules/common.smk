@@ -12,6 +12,7 @@ import re
 
 from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
+from metarepro.dataset_cards import MEM_MB, ON_THE_FLY, SYNTHESIZED
 from metarepro.report_cards import FIGURE_CARDS, SIDE_TABLE_CARDS
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
@@ -27,13 +28,11 @@ RUN_BENCH = RUN_LOG[: -len(".log")] + ".tsv"   # Snakemake `benchmark:` files (w
 PRETRAIN = f"{RESULTS}/{{dataset}}/pretrain/{{backbone}}/seed{{seed}}"
 # Where raw archives come from: METAREPRO_MIRROR overrides data.mirror; "none" = the official URLs.
 MIRROR = os.environ.get("METAREPRO_MIRROR", config["data"]["mirror"]) or "none"
-GENERATED = {"sinusoid"}  # datasets sampled on the fly: no download, no prepare
+GENERATED = set(ON_THE_FLY)  # datasets sampled on the fly: no download, no prepare
 SPLITS = ("train", "val", "test")
-# Peak memory (MiB) of a training/evaluation job by dataset, and meta-training seconds per task and
-# iteration by backbone on one CPU core: scheduler hints only (cluster profiles, --resources).
-MEM_MB = {"sinusoid": 1000, "omniglot": 4000, "cifarfs": 6000, "fc100": 6000, "miniimagenet": 12000,
-          "cub": 12000, "tieredimagenet": 32000}
-SECONDS_PER_TASK = {"mlp": 0.005, "conv4": 0.1, "resnet12": 2.0}
+# Meta-training seconds per task and iteration by backbone on one CPU core (the peak memory of a job by dataset
+# is its card's MEM_MB): scheduler hints only (cluster profiles, --resources).
+SECONDS_PER_TASK = {"mlp": 0.005, "conv4": 0.1, "resnet12": 2.0, "gnn": 0.02}
 # Pretraining seconds per image on one CPU core (forward + backward), by backbone: scheduler hints only.
 SECONDS_PER_IMAGE = {"conv4": 0.003, "resnet12": 0.05}
 
@@ -224,14 +223,15 @@ def xdomain_evals(wildcards):
 
 
 def side_table_inputs(wildcards):
-    if wildcards.kind == "xdomain":
+    """What a side table reads, as its card says (`reads`): the report's runs, or their cross-domain evaluations."""
+    if SIDE_TABLE_CARDS[wildcards.kind].reads == "cross_domain_evals":
         return xdomain_evals(wildcards)
     return run_files(report_runs(wildcards.name), "eval.json", "config.yaml")
 
 
 def side_table_args(wildcards):
-    """`report complexity` reads run directories; `report xdomain` the evaluation files themselves."""
-    if wildcards.kind == "xdomain":
+    """The side table's arguments: the run directories, or the evaluation files themselves (its card's `reads`)."""
+    if SIDE_TABLE_CARDS[wildcards.kind].reads == "cross_domain_evals":
         return xdomain_evals(wildcards)
     return [r.run_dir for r in report_runs(wildcards.name)]
 

@@ -15,7 +15,7 @@ rule download:
     benchmark:
         f"{LOGS}/benchmark/download/{{dataset}}.tsv"
     wildcard_constraints:
-        dataset=_alternatives(set(used_datasets(config)) - GENERATED),
+        dataset=_alternatives(set(used_datasets(config)) - GENERATED - SYNTHESIZED),
     conda:
         "../../environment.yml"
     threads: 1
@@ -38,7 +38,8 @@ rule prepare:
     input:
         # ancient: raw files are checksum-verified against fixed hashes, so a re-download (another
         # mirror, or resources/raw wiped and fetched again) is byte-identical and re-prepares nothing.
-        ancient(f"{RAW}/{{dataset}}/MANIFEST.json"),
+        # Synthesized datasets (G-Meta's synthetic graphs) have no raw files: prepare generates them.
+        lambda w: [] if w.dataset in SYNTHESIZED else ancient(f"{RAW}/{w.dataset}/MANIFEST.json"),
     output:
         meta=f"{DATA}/{{dataset}}/meta.json",
         splits=[f"{DATA}/{{dataset}}/{split}.npz" for split in SPLITS],
@@ -58,7 +59,7 @@ rule prepare:
     params:
         # a param, so changing a dataset's options re-prepares it (and re-runs everything downstream)
         options=lambda w: dataset_options(w.dataset),
-        raw=lambda w, input: os.path.dirname(input[0]),
+        raw=lambda w, input: os.path.dirname(input[0]) if input else "none",
         out=lambda w, output: os.path.dirname(output.meta),
     shell:
         "PYTHONPATH=src python -m metarepro prepare --dataset {wildcards.dataset} --options {params.options:q}"

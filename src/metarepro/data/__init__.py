@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import graphs
 from .episodes import ImageEpisodes, SinusoidEpisodes, TaskSampler, eval_seed
 from .sinusoid import SinusoidTasks
 from .store import ImageSplit, load_split
@@ -25,6 +26,8 @@ class DatasetSpec:
     module: str | None = None      # module with prepare(raw_dir, out_dir, options); None: generated
     prepare_fn: str = "prepare"
     normalize: bool = True         # per-channel mean/std from the train split (False: raw [0, 1])
+    graph: bool = False            # node classification on local subgraphs (metarepro.data.graphs)
+    synthesized: bool = False      # prepare generates the data from its options: no raw files, no download
 
     @property
     def generated(self) -> bool:
@@ -43,6 +46,17 @@ DATASETS: dict[str, DatasetSpec] = {
     "miniimagenet": DatasetSpec("miniimagenet", "classification", "miniimagenet"),
     "tieredimagenet": DatasetSpec("tieredimagenet", "classification", "tieredimagenet"),
     "cub": DatasetSpec("cub", "classification", "cub"),
+    # G-Meta's synthetic node-classification benchmarks (Huang & Zitnik 2020), generated with networkx
+    "synthetic_cycle": DatasetSpec("synthetic_cycle", "classification", "synthetic_graphs", "prepare_cycle",
+                                   normalize=False, graph=True, synthesized=True),
+    "synthetic_ba": DatasetSpec("synthetic_ba", "classification", "synthetic_graphs", "prepare_ba",
+                                normalize=False, graph=True, synthesized=True),
+    # G-Meta's real-world benchmarks, from its processed release (G-Meta_Data.zip), read without DGL
+    "arxiv": DatasetSpec("arxiv", "classification", "gmeta_release", "prepare_arxiv", normalize=False, graph=True),
+    "tissue_ppi": DatasetSpec("tissue_ppi", "classification", "gmeta_release", "prepare_tissue_ppi",
+                              normalize=False, graph=True),
+    "fold_ppi": DatasetSpec("fold_ppi", "classification", "gmeta_release", "prepare_fold_ppi", normalize=False,
+                            graph=True),
 }
 
 
@@ -69,7 +83,7 @@ def normalization(dataset: str, data_dir: str) -> dict | None:
     """The per-channel input normalisation of a dataset's episodes, {"mean": [...], "std": [...]} from its train
     split; None when images stay in [0, 1] (Omniglot) or the data is generated."""
     spec = get(dataset)
-    if spec.generated or not spec.normalize:
+    if spec.generated or not spec.normalize or spec.graph:
         return None
     mean, std = train_stats(str(Path(data_dir)))
     return {"mean": list(mean), "std": list(std)}
@@ -77,7 +91,7 @@ def normalization(dataset: str, data_dir: str) -> dict | None:
 
 def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: int, shots: int,
              queries: int, seed: int, model_input: tuple[tuple[int, ...], dict | None] | None = None,
-             exclude: Sequence[int] = ()) -> ImageEpisodes | SinusoidEpisodes:
+             exclude: Sequence[int] = ()) -> ImageEpisodes | SinusoidEpisodes | graphs.GraphEpisodes:
     """Episodes of `split` ('train' | 'val' | 'test') for an N-way K-shot Q-query protocol.
 
     `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
@@ -86,6 +100,10 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     spec = get(dataset)
     if spec.generated:
         return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
+    if spec.graph:
+        if model_input is not None or exclude:
+            raise ValueError(f"{dataset}: node-classification episodes take no cross-domain conversion or exclusion")
+        return graphs.GraphEpisodes(cached_graph_split(str(Path(data_dir)), split), ways, shots, queries, seed)
     data = cached_split(str(Path(data_dir)), split)
     shape, norm = model_input if model_input is not None else (None, normalization(dataset, data_dir))
     return ImageEpisodes(data, ways, shots, queries, seed, rotations=bool(dataset_args.get("rotations", False)),
@@ -93,15 +111,26 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
                          input_crop=dataset_args.get("input"), exclude=exclude)
 
 
+@lru_cache(maxsize=8)
+def cached_graph_split(data_dir: str, split: str) -> graphs.GraphSplit:
+    """A prepared graph split, loaded once per process."""
+    return graphs.load_graph_split(data_dir, split)
+
+
 def class_names(data_dir: str, split: str) -> list[str]:
     """The class names of a prepared split."""
+    if graphs.is_graph_data(data_dir):
+        return [str(c) for c in cached_graph_split(str(Path(data_dir)), split).class_names]
     return [str(c) for c in cached_split(str(Path(data_dir)), split).class_names]
 
 
 def input_shape(dataset: str, data_dir: str, dataset_args: dict | None = None) -> tuple[int, ...]:
-    """The model's input shape (C, H, W): the prepared images', or the crop of the run's `input` transform."""
+    """The model's input shape (C, H, W): the prepared images', or the crop of the run's `input` transform; a
+    graph dataset's node sample (M, M + F)."""
     if get(dataset).generated:
         return (1,)
+    if get(dataset).graph:
+        return graphs.input_shape(data_dir)       # a node sample: (M, M + F)
     h, w, c = cached_split(str(Path(data_dir)), "train").images.shape[1:]
     crop = ((dataset_args or {}).get("input") or {}).get("crop")
     return (c, crop, crop) if crop else (c, h, w)

@@ -5,10 +5,10 @@
 against that manifest (`verify_raw`) before writing anything. Sources, in order of precedence:
 
 1. a folder the user names with METAREPRO_<DATASET>_DIR (or `source_dir=`), holding the official
-   archive(s) -- or, for miniImageNet / tieredImageNet, their extracted layout;
+   archive(s) -- or, for miniImageNet / tieredImageNet / G-Meta's release, their extracted layout;
 2. an archive URL the user names with METAREPRO_<DATASET>_URL (or `url=`), optionally with
-   METAREPRO_<DATASET>_SHA256 -- the only download route for mini/tieredImageNet, which have
-   no stable official URL;
+   METAREPRO_<DATASET>_SHA256 -- the only download route for mini/tieredImageNet and G-Meta's
+   release (arxiv, tissue_ppi, fold_ppi), which have no stable official URL;
 3. the mirror (../shared/datasets layout), for the datasets it carries;
 4. the official URLs, verified against their published md5.
 """
@@ -60,6 +60,9 @@ class Unpack:
     """How an archive with no fixed top-level folder is unpacked into the raw layout."""
     marker: str                      # the file whose folder is the layout's root
     keep: tuple[str, ...]            # fnmatch patterns, relative to the root, of the files to keep
+    # the root's folder name, where an archive holds several datasets side by side (G-Meta_Data.zip: arxiv/,
+    # tissue_PPI/, ... each with the same file names); None: the shallowest marker
+    within: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,25 @@ _CIFAR100 = Source(
     how_to="download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and set "
            "METAREPRO_{NAME}_DIR to the folder holding it",
 )
+
+
+def _gmeta(folder: str, tasks: bool = False) -> Source:
+    """A dataset of G-Meta's processed release (Huang & Zitnik 2020): the folder G-Meta_Data/<folder> of
+    G-Meta_Data.zip (metarepro.data.gmeta_release reads it). Tissue-PPI keeps its ten binary tasks in task1..10/."""
+    sub = "task*/" if tasks else ""
+    return Source(
+        official=(RemoteFile("G-Meta_Data.zip", None),),      # Google Drive only; no checksum is published
+        unpack=Unpack("features.npy", ("graph*.pkl", "graph*.npz", "features.npy",   # graphs.npz: converted graphs
+                                       *(f"{sub}{f}" for f in ("label.pkl", "train.csv", "val.csv", "test.csv"))),
+                      within=folder),
+        how_to="G-Meta's processed data has no stable direct URL and no published checksum: download G-Meta_Data.zip "
+               "through the Google Drive link in G-Meta's README (https://github.com/mims-harvard/G-Meta: "
+               "https://drive.google.com/file/d/1TC06A02wmIQteKzqGSbl_i3VIQzsHVop/view), unzip it and set "
+               f"METAREPRO_{{NAME}}_DIR=<the folder G-Meta_Data/{folder}> (or a folder holding G-Meta_Data.zip); or "
+               "METAREPRO_{NAME}_URL=<a direct URL of G-Meta_Data.zip> (optionally METAREPRO_{NAME}_SHA256=<its "
+               "sha256>)",
+    )
+
 
 # Mirror pins are the entries of the mirror's SHA256SUMS (../shared/datasets); official checksums
 # are the ones the dataset authors (or torchvision, for the same files) publish.
@@ -136,6 +158,10 @@ SOURCES: dict[str, Source] = {
         how_to="download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ and set "
                "METAREPRO_CUB_DIR to the folder holding it",
     ),
+    # G-Meta's real-world node-classification datasets, from its processed release (folder names as in the zip)
+    "arxiv": _gmeta("arxiv"),
+    "tissue_ppi": _gmeta("tissue_PPI", tasks=True),
+    "fold_ppi": _gmeta("fold_PPI"),
 }
 
 
@@ -317,10 +343,12 @@ def _unpack_unchecked(archive: Path, spec: Unpack, tmp: Path, label: str) -> dic
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
     else:
         raise MetareproError(f"{label} is neither a tar nor a zip archive")
-    roots = sorted((p.parent for n in names if (p := _safe_rel(n)) is not None and p.name == spec.marker),
+    roots = sorted((p.parent for n in names if (p := _safe_rel(n)) is not None and p.name == spec.marker
+                    and (spec.within is None or p.parent.name.lower() == spec.within.lower())),
                    key=lambda p: len(p.parts))
     if not roots:
-        raise MetareproError(f"{label} holds no {spec.marker}: not the expected layout")
+        where = f" in a folder {spec.within}/" if spec.within else ""
+        raise MetareproError(f"{label} holds no {spec.marker}{where}: not the expected layout")
     root = roots[0]
 
     def target(name: str) -> str | None:
@@ -387,7 +415,9 @@ def _from_dir(dataset: str, src: Source, folder: Path, tmp: Path, sha256: str | 
                                          f"official {dataset} file") for rf in src.official}
         return _maybe_unpack(src, tmp, files, str(folder))
     if src.unpack is not None:
-        markers = sorted(folder.glob(src.unpack.marker)) + sorted(folder.glob(f"*/{src.unpack.marker}"))
+        markers = sorted(folder.glob(src.unpack.marker)) + sorted(
+            p for p in folder.glob(f"*/{src.unpack.marker}")     # a sub-folder: only the named one, if any
+            if src.unpack.within is None or p.parent.name.lower() == src.unpack.within.lower())
         if markers:
             root = markers[0].parent
             files = {}

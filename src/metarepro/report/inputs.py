@@ -16,6 +16,7 @@ import yaml
 
 from .. import yaml_io
 from ..config import MethodName
+from ..dataset_cards import STANDARD_IMAGE_SIZE
 from ..formats import EVAL_REQUIRED, EVAL_RUN_REQUIRED
 from ..utils import MetareproError
 
@@ -24,7 +25,6 @@ PAPER_COLUMNS = ["paper", "method", "dataset", "backbone", "ways", "shots", "met
 # means the dataset's standard (the image size of STANDARD_IMAGE_SIZE, the full dataset, training at the tested
 # ways and shots). A published number is compared with our run only when the whole setup matches (report/tables).
 PAPER_SETUP_COLUMNS = ["image_size", "variant", "train_ways", "train_shots"]
-STANDARD_IMAGE_SIZE = {"omniglot": 28, "miniimagenet": 84, "tieredimagenet": 84, "cub": 84, "cifarfs": 32, "fc100": 32}
 RUN_REQUIRED = EVAL_RUN_REQUIRED
 
 

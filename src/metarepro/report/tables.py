@@ -21,6 +21,7 @@ import numpy as np
 
 from ..cards import cards
 from ..config import MethodName
+from ..dataset_cards import DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
 from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
                      seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
@@ -98,9 +99,6 @@ PAPER_EXACT: dict[str, tuple[str, ...]] = {
     "FT (pretrained backbone meta-learned) + HT": ("MAML deep + HT (FT, ResNet-12 pre)",),
     "theta only (no meta-learning)": ("update theta only (no meta-learning)",)}
 
-DATASET_ORDER = ["sinusoid", "omniglot", "cifarfs", "fc100", "miniimagenet", "tieredimagenet", "cub"]
-DATASET_LABELS = {"sinusoid": "Sinusoid", "omniglot": "Omniglot", "cifarfs": "CIFAR-FS", "fc100": "FC100",
-                  "miniimagenet": "miniImageNet", "tieredimagenet": "tieredImageNet", "cub": "CUB"}
 REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
 DASH = "—"
 
@@ -256,7 +254,13 @@ FULL_IMAGES_PER_CLASS = {"miniimagenet": 600}
 
 @functools.lru_cache(maxsize=None)
 def _data_variant(dataset: str, data_dir: str) -> str:
-    """"full", "subset (60 images per class)" or "unknown" (no readable meta.json): from the prepared data."""
+    """"full", "subset (60 images per class)" or "unknown" (no readable meta.json): from the prepared data. A graph
+    dataset's meta.json names its variant (e.g. regenerated from a paper's description)."""
+    if dataset in GRAPH_DATASETS:
+        try:
+            return str(json.loads((Path(data_dir) / "meta.json").read_text()).get("variant") or "full")
+        except (OSError, ValueError):
+            return "unknown"
     if dataset not in FULL_IMAGES_PER_CLASS:
         return "full"
     try:

@@ -1,0 +1,49 @@
+"""Dataset cards: what the workflow and the reports need to know about each dataset, torch-free (Snakemake imports
+it). The code that reads or builds a dataset is bound to its name in metarepro.data.DATASETS; a test checks that
+the two hold the same names.
+
+Fields: the label tables and reports print, the row order of tables, the kind of data (regression / image / graph),
+how it is obtained (`on_the_fly`: sampled while training, nothing prepared; `synthesized`: prepare generates it, no
+download), the peak memory of a training or evaluation job (MiB, a scheduler hint) and the standard image size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    label: str
+    kind: str                       # "regression" | "image" | "graph"
+    mem_mb: int                     # peak memory of a training / evaluation job: scheduler hint
+    on_the_fly: bool = False        # sampled on the fly: no download, no prepare (the sinusoid)
+    synthesized: bool = False       # prepare generates it from its options: no download
+    image_size: int | None = None   # the standard image size that published numbers use
+
+
+_CARDS = (
+    DatasetCard("sinusoid", "Sinusoid", "regression", 1000, on_the_fly=True),
+    DatasetCard("omniglot", "Omniglot", "image", 4000, image_size=28),
+    DatasetCard("cifarfs", "CIFAR-FS", "image", 6000, image_size=32),
+    DatasetCard("fc100", "FC100", "image", 6000, image_size=32),
+    DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84),
+    DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84),
+    DatasetCard("cub", "CUB", "image", 12000, image_size=84),
+    DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True),
+    DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True),
+    # G-Meta's release; the prepared subgraphs are dense (nodes x max_nodes x (max_nodes + features)): arxiv 2.8 GB
+    DatasetCard("arxiv", "ogbn-arxiv", "graph", 8000),
+    DatasetCard("tissue_ppi", "Tissue-PPI", "graph", 4000),
+    DatasetCard("fold_ppi", "Fold-PPI", "graph", 4000),
+)
+
+DATASET_CARDS: dict[str, DatasetCard] = {c.name: c for c in _CARDS}
+DATASET_ORDER: list[str] = [c.name for c in _CARDS]
+DATASET_LABELS: dict[str, str] = {c.name: c.label for c in _CARDS}
+MEM_MB: dict[str, int] = {c.name: c.mem_mb for c in _CARDS}
+ON_THE_FLY: frozenset[str] = frozenset(c.name for c in _CARDS if c.on_the_fly)
+SYNTHESIZED: frozenset[str] = frozenset(c.name for c in _CARDS if c.synthesized)
+GRAPH: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "graph")
+IMAGE: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "image")
+STANDARD_IMAGE_SIZE: dict[str, int] = {c.name: c.image_size for c in _CARDS if c.image_size is not None}
