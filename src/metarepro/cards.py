@@ -12,7 +12,7 @@ from . import yaml_io
 
 CARDS_PATH = Path(__file__).resolve().parent / "method_cards.yaml"
 FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False,
-         "classification_only": False}
+         "classification_only": False, "on_graphs": False, "graph_only": False}
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class MethodCard:
     meta_trainable: bool = True
     any_train_ways: bool = False
     classification_only: bool = False     # compares class prototypes or attends over labels: no regression
+    on_graphs: bool = False     # runs on node-classification datasets (the GNN backbone; tested there)
+    graph_only: bool = False    # defined for graphs only (G-Meta, AMM-GNN): refused on image and regression data
     # settings that validate one by one but cannot mean what the label says together: each a Python expression over
     # the hyperparameters (defaults filled in) that must hold, and the message that says why and what to change
     constraints: tuple[dict, ...] = ()

@@ -21,6 +21,7 @@ from jsonschema import Draft7Validator, validators
 from . import yaml_io
 from .cards import card, cards, with_flag
 from .report_cards import FIGURE_CARDS
+from .dataset_cards import GRAPH as GRAPH_DATASETS
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 
@@ -58,6 +59,10 @@ NOT_META_TRAINED: frozenset[str] = frozenset(cards()) - with_flag("meta_trainabl
 ANY_TRAIN_WAYS: frozenset[str] = with_flag("any_train_ways")
 # Methods that predict labels from the support set's classes (prototypes, attention over labels): no regression.
 CLASSIFICATION_ONLY: frozenset[str] = with_flag("classification_only")
+ON_GRAPHS: frozenset[str] = with_flag("on_graphs")
+GRAPH_ONLY: frozenset[str] = with_flag("graph_only")
+GRAPH_ADDONS = frozenset({"cml"})    # add-ons tested on node classification (the hard-task sampler's re-drawn
+                                     # classes may span graphs; O-AMFS is untested there)
 TRAIN_SHOTS_SEP = "~train"   # report-side suffix, `maml~train5`: a run meta-trained at 5 shots, tested at others
 _METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)"
                           r"(?:~train(?P<train_shots>[0-9]+))?$")
@@ -322,6 +327,25 @@ def _check_cross_references(cfg: dict, source: str) -> None:
             problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: sinusoid needs backbone 'mlp'")
         if exp["dataset"] != "sinusoid" and exp["backbone"] == "mlp":
             problems.append(f"'experiments.{name}.backbone' = 'mlp' only fits dataset 'sinusoid'")
+        graph = exp["dataset"] in GRAPH_DATASETS
+        if graph != (exp["backbone"] == "gnn"):
+            problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: " + (
+                f"node classification ({exp['dataset']}) needs backbone 'gnn'" if graph
+                else f"backbone 'gnn' only fits the graph datasets ({', '.join(sorted(GRAPH_DATASETS))})"))
+        for m in exp["methods"]:
+            mn = MethodName.parse(m)
+            if graph and mn.base not in ON_GRAPHS:
+                problems.append(f"'experiments.{name}.methods.{m}': {mn.base!r} does not run on node classification "
+                                f"({exp['dataset']}); methods that do: {', '.join(sorted(ON_GRAPHS))}")
+            if not graph and mn.base in GRAPH_ONLY:
+                problems.append(f"'experiments.{name}.methods.{m}': {mn.base!r} is defined for node classification "
+                                f"on graphs; dataset {exp['dataset']!r} is not a graph dataset")
+            if graph and set(mn.addons) - GRAPH_ADDONS:
+                problems.append(f"'experiments.{name}.methods.{m}': add-on(s) "
+                                f"{', '.join(sorted(set(mn.addons) - GRAPH_ADDONS))} do not run on node classification; "
+                                f"those that do: {', '.join(sorted(GRAPH_ADDONS))}")
+        if graph and exp.get("input"):
+            problems.append(f"'experiments.{name}.input': dataset {exp['dataset']!r} has no images to crop")
         if exp["dataset"] == "sinusoid" and exp["ways"] != 1:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
         if exp["dataset"] != "sinusoid" and exp["ways"] < 2:

@@ -1,5 +1,5 @@
-"""What the config validator accepts must run: every (method, add-on set) that validates, on an image dataset and on
-the sinusoid, meta-trains two iterations and evaluates at tiny size; every combination it refuses is refused with
+"""What the config validator accepts must run: every (method, add-on set) that validates, on an image dataset, on
+the sinusoid and on a node-classification dataset (G-Meta's synthetic graphs), meta-trains two iterations and evaluates at tiny size; every combination it refuses is refused with
 a message naming the method."""
 from __future__ import annotations
 
@@ -24,17 +24,21 @@ TINY_TRAIN = {"iterations": 2, "meta_batch": 2, "queries": 2, "val_every": 2, "v
 TINY_EVAL = {"episodes": 3, "queries": 2, "curve_episodes": 1}
 
 
+GRAPH = "synthetic_cycle"
+BACKBONES = {"omniglot": ("conv4", {"filters": 4}), "sinusoid": ("mlp", {"hidden": [8, 8]}),
+             GRAPH: ("gnn", {"hidden": [8, 8]})}
+
+
 def _config(dataset: str, name: str) -> dict:
-    image = dataset != "sinusoid"
-    return {"experiments": {"e": {"dataset": dataset, "backbone": "conv4" if image else "mlp",
-                                  "backbone_args": {"filters": 4} if image else {"hidden": [8, 8]},
-                                  "ways": WAYS if image else 1, "shots": [1] if image else [5],
-                                  "methods": {name: {}}}}}
+    backbone, args = BACKBONES[dataset]
+    return {"experiments": {"e": {"dataset": dataset, "backbone": backbone, "backbone_args": args,
+                                  "ways": 1 if dataset == "sinusoid" else WAYS,
+                                  "shots": [5] if dataset == "sinusoid" else [1], "methods": {name: {}}}}}
 
 
 def _cases() -> list[tuple[str, str]]:
     out = []
-    for dataset in ("omniglot", "sinusoid"):
+    for dataset in BACKBONES:
         for method in cards():
             for addons in ADDON_SETS:
                 out.append((dataset, method + "".join("+" + a for a in addons)))
@@ -65,6 +69,13 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_graphs(tmp_path_factory) -> Path:
+    from metarepro.data.synthetic_graphs import prepare_cycle
+    return prepare_cycle(None, tmp_path_factory.mktemp("graphs") / GRAPH, {"graphs": 5, "noise_edges": 5,
+                                                                             "max_nodes": 8})
+
+
+@pytest.fixture(scope="module")
 def tiny_pretrained(tmp_path_factory, tiny_data) -> str:
     """The pretrain stage's backbone at tiny size, for the methods that start from it."""
     from metarepro.pretrain import pretrain
@@ -79,7 +90,8 @@ def tiny_pretrained(tmp_path_factory, tiny_data) -> str:
 
 
 @pytest.mark.parametrize("dataset, name", CASES, ids=[f"{d}-{n}" for d, n in CASES])
-def test_every_accepted_combination_trains_and_evaluates(dataset, name, tiny_data, tiny_pretrained, tmp_path):
+def test_every_accepted_combination_trains_and_evaluates(dataset, name, tiny_data, tiny_graphs, tiny_pretrained,
+                                                         tmp_path):
     from metarepro.evaluate import evaluate
     from metarepro.train import metatrain
 
@@ -90,7 +102,7 @@ def test_every_accepted_combination_trains_and_evaluates(dataset, name, tiny_dat
     run = resolve_run(cfg, "e", name, shots, 0)
     run = dataclasses.replace(run, train={**run.train, **TINY_TRAIN}, evaluation={**run.evaluation, **TINY_EVAL},
                               run_dir=str(tmp_path / "run"),
-                              data_dir=str(tiny_data) if dataset != "sinusoid" else run.data_dir,
+                              data_dir={"omniglot": str(tiny_data), GRAPH: str(tiny_graphs)}.get(dataset, run.data_dir),
                               pretrained=tiny_pretrained if run.pretrained else "")
     assert metatrain(run, progress=False).exists()
     ev = json.loads(evaluate(tmp_path / "run", progress=False).read_text())

@@ -46,10 +46,14 @@ def test_schema_blocks_and_config_defaults_come_from_the_cards():
         block = schema["$defs"][f"method_{name}"]
         assert set(block["properties"]) == {"addons", *c.hparams}
         assert schema["$defs"]["experiment"]["properties"]["methods"]["properties"][name] == {"$ref": f"#/$defs/method_{name}"}
-    cfg = validate_config({"experiments": {"e": {"dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1],
-                                                   "methods": {n: None for n in cards()}}}})
+    graph_only = {n for n, c in cards().items() if c.graph_only}
+    cfg = validate_config({"experiments": {
+        "e": {"dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1],
+              "methods": {n: None for n in cards() if n not in graph_only}},
+        "g": {"dataset": "synthetic_cycle", "backbone": "gnn", "ways": 3, "shots": [1],
+              "methods": {n: None for n in graph_only}}}})
     for name, c in cards().items():
-        assert cfg["experiments"]["e"]["methods"][name] == c.defaults(), name
+        assert cfg["experiments"]["g" if name in graph_only else "e"]["methods"][name] == c.defaults(), name
 
 
 def test_flags_and_labels_derive_from_the_cards():

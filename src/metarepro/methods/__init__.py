@@ -9,9 +9,11 @@ from torch import nn
 from ..cards import card
 from ..config import ConfigError, MethodName
 from .amfs import AMFS
+from .ammgnn import AMMGNN
 from .base import Learner, MetaLearner, Task
 from .boil import BOIL
 from .finetune import Finetune
+from .gmeta import GMeta
 from .maml import FOMAML, MAML
 from .mamlpp import MAMLpp
 from .matchingnet import MatchingNet
@@ -26,6 +28,7 @@ from .sharp_maml import SharpMAML
 METHODS: dict[str, type[MetaLearner]] = {
     "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "mamlpp": MAMLpp, "pamela": PAMELA, "metalstm": MetaLSTM,
     "boil": BOIL, "sharp_maml": SharpMAML, "amfs": AMFS, "mtl": MTL,
+    "gmeta": GMeta, "ammgnn": AMMGNN,
     "protonet": ProtoNet, "matchingnet": MatchingNet, "finetune": Finetune, "nearest_neighbor": NearestNeighbor,
 }
 

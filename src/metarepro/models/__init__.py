@@ -6,10 +6,11 @@ from typing import Any
 from torch import nn
 
 from .conv4 import Conv4
+from .gnn import GNN
 from .mlp import MLP
 from .resnet12 import ResNet12
 
-BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP}
+BACKBONES: dict[str, type[nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12, "mlp": MLP, "gnn": GNN}
 
 
 def drop_head(model: nn.Module) -> None:
