@@ -95,7 +95,6 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
     device = resolve_device(device)
     set_determinism(bool(run.train.get("deterministic", False)) or numerics.strict_requested())
     out = Path(run.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoints" / "last.pt"
     tr = run.train
     learner = build_learner(run).to(device)
@@ -133,6 +132,12 @@ def metatrain(run: RunConfig, threads: int = 1, progress: bool | None = None, de
                                             for k in ("grad_norm_features", "cos_features")]) if diag_every else []
     log_fields += diag_fields
     val_eps = _val_episodes(run)
+    if datasets.get(run.dataset).graph:
+        # a test graph with too few drawable labels for the ways would fail only at evaluation, after the whole
+        # training: refuse now (a small split: cheap to check, unlike an image test split)
+        datasets.episodes(run.dataset, run.dataset_args, run.data_dir, "test", run.ways, run.shots,
+                          run.evaluation["queries"], 0)
+    out.mkdir(parents=True, exist_ok=True)       # only now: bad data or settings above leave no run folder behind
     better = lambda a, b: improves(a, b, higher_is_better(learner))  # noqa: E731
 
     start, rows = 0, []

@@ -132,3 +132,22 @@ def test_graph_datasets_in_the_registry_and_cards_agree():
     assert set(DATASET_CARDS) == set(data.DATASETS)
     for name, spec in data.DATASETS.items():
         assert spec.graph == (name in GRAPH) and spec.synthesized == (name in SYNTHESIZED), name
+
+
+@pytest.mark.parametrize("ways, queries", [(12, 2), (3, 60)])
+def test_training_refuses_too_few_labels_before_writing_anything(cycle_dir, tmp_path, ways, queries):
+    """Too many ways for the graphs' labels (or too many queries for their nodes), in the training, validation or
+    test split: the run stops naming the requirement, before its folder exists."""
+    import dataclasses
+
+    from metarepro.config import resolve_run, validate_config
+    from metarepro.train import metatrain
+
+    cfg = validate_config({"experiments": {"g": {"dataset": "synthetic_cycle", "backbone": "gnn", "ways": 3,
+                                                 "shots": [1], "methods": {"gmeta": {}}}}})
+    run = resolve_run(cfg, "g", "gmeta", 1, 0)
+    run = dataclasses.replace(run, ways=ways, data_dir=str(cycle_dir), run_dir=str(tmp_path / "run"),
+                              evaluation={**run.evaluation, "queries": queries})
+    with pytest.raises(MetareproError, match=rf"{ways}-way 1-shot episodes with \d+ queries need a graph"):
+        metatrain(run, progress=False)
+    assert not (tmp_path / "run").exists()
