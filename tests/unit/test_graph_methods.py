@@ -190,3 +190,33 @@ def test_cml_reads_the_subgraph_embedding_before_the_head(method):
     stats = learner.meta_step([_task(seed=1), _task(seed=2)], opt, terms=list(extras.terms))
     assert "cml_loss" in stats and np.isfinite(stats["cml_loss"])
     assert any((p.detach() - q).abs().max() > 0 for p, q in zip(term.parameters(), before))
+
+
+def test_maml_and_protonet_on_the_gnn_match_hand_computation():
+    """The baselines on the same tiny graph task: MAML's inner step (cross-entropy of the head's logits) and
+    ProtoNet's logits (squared distances of the GNN embeddings to the support means; the head is dropped)."""
+    task = _task(seed=9)
+    net = _sgc(6)
+    W, b = net.features.layers[0].weight.detach().numpy().copy(), net.features.layers[0].bias.detach().numpy().copy()
+    H, c = net.head.weight.detach().numpy().copy(), net.head.bias.detach().numpy().copy()
+    learner = build("maml", net, "classification", inner_lr=0.3, inner_steps=1)
+    learner.eval()
+    adapted = learner.adapt(task, 1)
+    p = _propagated(task.x_support.numpy())
+    u = p @ W.T + b
+    logits = u @ H.T + c
+    y = task.y_support.numpy()
+    pr = np.exp(logits - logits.max(1, keepdims=True)); pr /= pr.sum(1, keepdims=True)
+    dz = (pr - np.eye(2)[y]) / len(y)
+    du = dz @ H
+    np.testing.assert_allclose(adapted.params["head.weight"].detach().numpy(), H - 0.3 * dz.T @ u, atol=1e-6)
+    np.testing.assert_allclose(adapted.params["features.layers.0.weight"].detach().numpy(), W - 0.3 * du.T @ p,
+                               atol=1e-6)
+
+    proto = build("protonet", _sgc(6), "classification")
+    proto.eval()
+    zs, zq = u, _propagated(task.x_query.numpy()) @ W.T + b
+    centres = np.stack([zs[y == k].mean(0) for k in range(2)])
+    want = -((zq[:, None] - centres[None]) ** 2).sum(-1)
+    got = proto.adapt(task, 0)(task.x_query)
+    np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-6)
