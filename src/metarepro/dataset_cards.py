@@ -20,7 +20,15 @@ class DatasetCard:
     on_the_fly: bool = False        # sampled on the fly: no download, no prepare (the sinusoid)
     synthesized: bool = False       # prepare generates it from its options: no download
     image_size: int | None = None   # the standard image size that published numbers use
+    note: str = ""                  # what a reader of a table with this dataset must know (printed under it)
 
+
+_SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the paper's description and its authors' "
+                   "data notebook (metarepro.data.synthetic_graphs; their released files could not be read), so "
+                   "published numbers on them are context, not comparisons: 10 graphs of motifs (house, diamond, "
+                   "star, fan) on a {basis} basis with 100 noise edges, 16 structural-role labels shared by all "
+                   "graphs, one-hot degree features, 2-hop subgraphs of at most 30 nodes; fold 0 of G-Meta's five "
+                   "(test graph 0, validation graph 4, the others train), a task's classes drawn from one graph.")
 
 _CARDS = (
     DatasetCard("sinusoid", "Sinusoid", "regression", 1000, on_the_fly=True),
@@ -30,8 +38,10 @@ _CARDS = (
     DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84),
     DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84),
     DatasetCard("cub", "CUB", "image", 12000, image_size=84),
-    DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True),
-    DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True),
+    DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True,
+                note=_SYNTHETIC_NOTE.format(basis="50-node cycle")),
+    DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True,
+                note=_SYNTHETIC_NOTE.format(basis="200-node Barabási-Albert (m = 3)")),
     # G-Meta's release; the prepared subgraphs are dense (nodes x max_nodes x (max_nodes + features)): arxiv 2.8 GB
     DatasetCard("arxiv", "ogbn-arxiv", "graph", 8000),
     DatasetCard("tissue_ppi", "Tissue-PPI", "graph", 4000),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..cards import cards
 from ..config import MethodName
-from ..dataset_cards import DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
+from ..dataset_cards import DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
 from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
                      seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
@@ -83,7 +83,8 @@ ADDON_CHOICES: dict[str, str] = {
              "CML, the cosines use the learner's parameters only and the weights apply to the co-learner's too.",
     "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
            "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
-           "weight γ = 1 and its own Adam at 1e-3; for regression it is a small MLP on the last hidden layer. On "
+           "weight γ = 1 and its own Adam at 1e-3; on a vector feature (the sinusoid MLP's last hidden layer, the "
+           "GNN's centre-node embedding) it is a small MLP. On "
            "methods that embed support and query in one pass (ProtoNet, Matching Networks, AMFS, MTL) it reads that "
            "pass's query rows; for MTL, the frozen pretrained backbone's feature map under the meta-learned scaling "
            "and shifting, so its gradient reaches MTL's scales and shifts, not the frozen weights.",
@@ -631,8 +632,10 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                  "differences), no p is shown and nothing is significant. For the sinusoid this uses the "
                  "final-step MSEs.")
     notes += choices_notes(r["method"] for r in rows)
+    notes += [f"- **Data, {DATASET_LABELS[d]}.** {DATASET_CARDS[d].note}"
+              for d in dict.fromkeys(r["dataset"] for r in rows) if d in DATASET_CARDS and DATASET_CARDS[d].note]
     notes.append(f"- **Sources.** Published numbers come from `{paper_path}` (a copy of "
-                 f"`../shared/reference/paper_results.csv`):")
+                 f"`../shared/reference/paper_results.csv`, plus rows that file lacks, each with its source):")
     parts += notes
     for i, p in enumerate(cited, start=1):
         where = setting_label(p.dataset, p.ways, p.shots)
