@@ -28,17 +28,25 @@ TINY_EVAL = {"episodes": 2, "queries": 1}
 
 
 def _tiny_backbone(backbone: str) -> dict:
-    return {"mlp": {"hidden": [8, 8]}, "conv4": {"filters": 2}, "resnet12": {"widths": [2, 2, 2, 2]}}[backbone]
+    return {"mlp": {"hidden": [8, 8]}, "conv4": {"filters": 2}, "resnet12": {"widths": [2, 2, 2, 2]},
+            "gnn": {"hidden": [4, 4]}}[backbone]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """Per image dataset of paper.yaml: random uint8 images, as many classes as its widest experiment needs and
     as many images per class as its largest shot count + 1 query."""
+    from metarepro.data import get as dataset_spec
+    from metarepro.data.synthetic_graphs import prepare_cycle
+
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("paper_data")
     out = {}
     for dataset in sorted({e["dataset"] for e in CFG["experiments"].values()} - {"sinusoid"}):
+        if dataset_spec(dataset).graph:
+            # node classification (G-Meta's released graphs): a tiny synthetic graph dataset in the same format
+            out[dataset] = prepare_cycle(None, root / dataset, {"graphs": 5, "noise_edges": 5, "max_nodes": 8})
+            continue
         exps = [e for e in CFG["experiments"].values() if e["dataset"] == dataset]
         # as many classes as the widest episodes, meta-training's (train.ways, e.g. ProtoNet's 60) included
         ways = max(max([e["ways"], e["train"].get("ways", 0)] + [o.get("ways", 0) for o in e["train_overrides"].values()])
