@@ -7,7 +7,7 @@ and therefore shared by all methods (pair-wise comparisons on identical episodes
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,20 +85,30 @@ class ImageEpisodes:
         if self.out_shape is not None and tuple(x.shape[2:]) != self.out_shape:
             x = convert_images(x.flatten(0, 1), self.out_shape).unflatten(0, x.shape[:2])
         x = (x - self.mean.unsqueeze(0)) / self.std.unsqueeze(0)
-        y = torch.arange(self.ways).view(-1, 1).expand(-1, self.shots + self.queries)
-        k = self.shots
-        xs, ys = x[:, :k].reshape(-1, *x.shape[2:]), y[:, :k].reshape(-1)
-        xq, yq = x[:, k:].reshape(-1, *x.shape[2:]), y[:, k:].reshape(-1)
-        return Task(xs, ys.contiguous(), xq, yq.contiguous(), classes=tuple(int(c) for c in classes),
-                    info={"episode_key": tuple(int(k) for k in key)})
+        return split_task(x, self.shots, classes, key)
 
     def fingerprint(self, n: int) -> str:
         """Identifier of the first n episodes (same across methods => valid paired comparisons)."""
-        h = hashlib.sha256()
-        for i in range(n):
-            classes, picks = self.indices(i)
-            h.update(classes.tobytes()); h.update(picks.tobytes())
-        return h.hexdigest()[:16]
+        return indices_fingerprint(self.indices, n)
+
+
+def split_task(x: torch.Tensor, shots: int, classes: np.ndarray, key: Sequence[int]) -> Task:
+    """Examples grouped by class, x (ways, S+Q, ...) -> the Task whose support is each class's first `shots`
+    examples and whose query the rest; label i = row i, `key` kept in Task.info as the episode's seed."""
+    y = torch.arange(x.shape[0]).view(-1, 1).expand(-1, x.shape[1])
+    xs, ys = x[:, :shots].reshape(-1, *x.shape[2:]), y[:, :shots].reshape(-1)
+    xq, yq = x[:, shots:].reshape(-1, *x.shape[2:]), y[:, shots:].reshape(-1)
+    return Task(xs, ys.contiguous(), xq, yq.contiguous(), classes=tuple(int(c) for c in classes),
+                info={"episode_key": tuple(int(k) for k in key)})
+
+
+def indices_fingerprint(indices: Callable[[int], tuple[np.ndarray, np.ndarray]], n: int) -> str:
+    """Identifier of the first n episodes of a sampler whose episode i is `indices(i)` = (classes, picks)."""
+    h = hashlib.sha256()
+    for i in range(n):
+        classes, picks = indices(i)
+        h.update(classes.tobytes()); h.update(picks.tobytes())
+    return h.hexdigest()[:16]
 
 
 def convert_images(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -23,7 +23,6 @@ G-Meta's three task setups differ only in how classes are split and grouped, whi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 
 from ..task import Task
 from ..utils import MetareproError, atomic_path, sha256_file
+from .episodes import indices_fingerprint, split_task
 from .store import SPLITS, check_disjoint
 
 FORMAT = "metarepro-graph-npz-v1"
@@ -280,19 +280,11 @@ class GraphEpisodes:
         s = self.split
         adj = normalized_adjacency(torch.from_numpy(s.adjacency[flat]).float(), torch.from_numpy(s.sizes[flat]))
         x = torch.cat([adj, torch.from_numpy(s.features[flat])], dim=-1)  # (ways*(S+Q), M, M+F)
-        x = x.unflatten(0, picks.shape)                                   # (ways, S+Q, M, M+F)
-        y = torch.arange(self.ways).view(-1, 1).expand(-1, self.shots + self.queries)
-        k = self.shots
-        return Task(x[:, :k].reshape(-1, *x.shape[2:]), y[:, :k].reshape(-1).contiguous(),
-                    x[:, k:].reshape(-1, *x.shape[2:]), y[:, k:].reshape(-1).contiguous(),
-                    classes=tuple(int(c) for c in classes), info={"episode_key": tuple(int(v) for v in key)})
+        return split_task(x.unflatten(0, picks.shape), self.shots, classes, key)   # x: (ways, S+Q, M, M+F)
 
     def fingerprint(self, n: int) -> str:
-        h = hashlib.sha256()
-        for i in range(n):
-            classes, picks = self.indices(i)
-            h.update(classes.tobytes()); h.update(picks.tobytes())
-        return h.hexdigest()[:16]
+        """Identifier of the first n episodes (same across methods => valid paired comparisons)."""
+        return indices_fingerprint(self.indices, n)
 
 
 def input_shape(data_dir: str | Path) -> tuple[int, int]:
