@@ -21,7 +21,7 @@ from jsonschema import Draft7Validator, validators
 from . import yaml_io
 from .cards import card, cards, with_flag
 from .report_cards import FIGURE_CARDS
-from .dataset_cards import GRAPH as GRAPH_DATASETS
+from .dataset_cards import DATASET_CARDS, DATASET_ORDER, GRAPH as GRAPH_DATASETS, IMAGE as IMAGE_DATASETS
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 
@@ -189,6 +189,15 @@ def _schema() -> dict:
                                for k, v in pre["properties"].items()}}
     schema["properties"]["reports"]["additionalProperties"]["properties"]["figures"]["items"] = {
         "enum": list(FIGURE_CARDS)}
+    # the dataset names, from the dataset cards: each one's options block, the experiments' datasets, the image
+    # datasets that cross-domain tests and the pretraining stage take
+    images = [d for d in DATASET_ORDER if d in IMAGE_DATASETS]
+    schema["properties"]["datasets"]["properties"] = {d: {"$ref": f"#/$defs/{DATASET_CARDS[d].options}"}
+                                                      for d in DATASET_ORDER}
+    schema["properties"]["pretrain"]["properties"] = {d: {"$ref": "#/$defs/pretrain"} for d in images}
+    exp = schema["$defs"]["experiment"]["properties"]
+    exp["dataset"]["enum"] = list(DATASET_ORDER)
+    exp["cross_domain"]["items"]["properties"]["dataset"]["enum"] = images
     backbones = schema["$defs"]["experiment"]["properties"]["backbone"]["enum"]
     pre["properties"]["backbones"] = {"type": "object", "additionalProperties": False,
                                       "properties": {b: override for b in backbones}}

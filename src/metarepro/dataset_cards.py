@@ -21,6 +21,7 @@ class DatasetCard:
     synthesized: bool = False       # prepare generates it from its options: no download
     image_size: int | None = None   # the standard image size that published numbers use
     note: str = ""                  # what a reader of a table with this dataset must know (printed under it)
+    options: str = "dataset_plain"  # the config schema's $def of its `datasets:` block (metarepro.config.load_schema)
 
 
 _SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the paper's description and its authors' "
@@ -31,21 +32,22 @@ _SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the pap
                    "(test graph 0, validation graph 4, the others train), a task's classes drawn from one graph.")
 
 _CARDS = (
-    DatasetCard("sinusoid", "Sinusoid", "regression", 1000, on_the_fly=True),
-    DatasetCard("omniglot", "Omniglot", "image", 4000, image_size=28),
+    DatasetCard("sinusoid", "Sinusoid", "regression", 1000, on_the_fly=True, options="dataset_sinusoid"),
+    DatasetCard("omniglot", "Omniglot", "image", 4000, image_size=28, options="dataset_omniglot"),
     DatasetCard("cifarfs", "CIFAR-FS", "image", 6000, image_size=32),
     DatasetCard("fc100", "FC100", "image", 6000, image_size=32),
-    DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84),
-    DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84),
-    DatasetCard("cub", "CUB", "image", 12000, image_size=84),
-    DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True,
+    DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84, options="dataset_sized"),
+    DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84,
+                options="dataset_sized"),
+    DatasetCard("cub", "CUB", "image", 12000, image_size=84, options="dataset_sized"),
+    DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True, options="dataset_synthetic_graph",
                 note=_SYNTHETIC_NOTE.format(basis="50-node cycle")),
-    DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True,
+    DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True, options="dataset_synthetic_graph",
                 note=_SYNTHETIC_NOTE.format(basis="200-node Barabási-Albert (m = 3)")),
     # G-Meta's release; the prepared subgraphs are dense (nodes x max_nodes x (max_nodes + features)): arxiv 2.8 GB
-    DatasetCard("arxiv", "ogbn-arxiv", "graph", 8000),
-    DatasetCard("tissue_ppi", "Tissue-PPI", "graph", 4000),
-    DatasetCard("fold_ppi", "Fold-PPI", "graph", 4000),
+    DatasetCard("arxiv", "ogbn-arxiv", "graph", 8000, options="dataset_gmeta_release"),
+    DatasetCard("tissue_ppi", "Tissue-PPI", "graph", 4000, options="dataset_gmeta_release_tasks"),
+    DatasetCard("fold_ppi", "Fold-PPI", "graph", 4000, options="dataset_gmeta_release"),
 )
 
 DATASET_CARDS: dict[str, DatasetCard] = {c.name: c for c in _CARDS}

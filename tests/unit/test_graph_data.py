@@ -127,9 +127,15 @@ def test_prepare_options_are_checked_before_work(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_graph_datasets_in_the_registry_and_cards_agree():
-    from metarepro.dataset_cards import DATASET_CARDS, GRAPH, SYNTHESIZED
+def test_the_registry_the_cards_and_the_schema_name_the_same_datasets():
+    from metarepro.config import load_schema
+    from metarepro.dataset_cards import DATASET_CARDS, GRAPH, IMAGE, SYNTHESIZED
     assert set(DATASET_CARDS) == set(data.DATASETS)
+    schema = load_schema()
+    exp = schema["$defs"]["experiment"]["properties"]
+    assert set(schema["properties"]["datasets"]["properties"]) == set(exp["dataset"]["enum"]) == set(DATASET_CARDS)
+    assert set(exp["cross_domain"]["items"]["properties"]["dataset"]["enum"]) == set(IMAGE)
+    assert all(c.options in schema["$defs"] for c in DATASET_CARDS.values())
     for name, spec in data.DATASETS.items():
         assert spec.graph == (name in GRAPH) and spec.synthesized == (name in SYNTHESIZED), name
 
