@@ -108,8 +108,7 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
                 dagger[i] = colearner_score(learner, colearner, task, steps)
             else:
                 with torch.no_grad():
-                    dagger[i] = learner.metric(colearner.head(colearner.query_rows(tapped[colearner.tap], task)),
-                                               task.y_query)
+                    dagger[i] = learner.metric(colearner.predict(tapped[colearner.tap], task), task.y_query)
             dagger_wall += time.perf_counter() - t_co
     # the base method's own test time: CML†'s scoring (the co-learner head; for an ensemble another adaptation)
     # is timed apart, so that X + CML's inference cost compares with X's
@@ -212,15 +211,16 @@ def representation_analysis(learner: Any, eps: Any, n: int, steps: int, device: 
 
 
 def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
-    """The run's trained CML co-learner (model.pt's `addons`) for CML† scoring, or None when the run has none."""
-    if "cml" not in (run.addons or {}) or not state.get("addons"):
+    """The run's trained outer-loss term that predicts at test time (`predicts_at_test`, e.g. CML's co-learner:
+    CML† scoring), from model.pt's `addons`; None when the run has none."""
+    if not state.get("addons"):
         return None
     spec = datasets.get(run.dataset)
     extras = addons.build(run, learner, datasets.input_shape(run.dataset, run.data_dir, run.dataset_args),
                           1 if spec.task_type == "regression" else run.ways)
     extras.terms.load_state_dict(state["addons"])
-    term = next(t for t in extras.terms if t.name == "cml")
-    return term.to(device).eval()
+    term = next((t for t in extras.terms if t.predicts_at_test), None)
+    return term.to(device).eval() if term is not None else None
 
 
 def colearner_score(learner: Any, term: Any, task: Any, steps: int) -> float:
@@ -229,7 +229,7 @@ def colearner_score(learner: Any, term: Any, task: Any, steps: int) -> float:
     adapted = learner.adapt(task, steps, create_graph=False)
     with torch.no_grad(), tap_outputs(learner.model, [term.tap]) as found:
         adapted(task.x_query)
-        return learner.metric(term.head(found[term.tap]), task.y_query)
+        return learner.metric(term.predict(found[term.tap], task), task.y_query)
 
 
 def ensemble_members(learner: Any, state: dict) -> list[Any]:

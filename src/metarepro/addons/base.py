@@ -44,6 +44,10 @@ class OuterTerm(nn.Module):
     # reaches less the backbone's head: the feature extractor (MetaLearner.meta_gradient)
     noise_control = False
     tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
+    # The test-time hook: True when the term can also predict the query labels from the tapped features
+    # (`predict(features, task) -> logits`); evaluation then scores it beside the base method (eval.json
+    # "colearner", CML's dagger) without naming the add-on
+    predicts_at_test = False
 
     def __init__(self, weight: float = 1.0, lr: float = 1e-3) -> None:
         super().__init__()

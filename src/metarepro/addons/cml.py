@@ -17,6 +17,7 @@ from .base import MetaLearner, OuterTerm, TaskOutcome
 
 class CoLearner(OuterTerm):
     name = "cml"
+    predicts_at_test = True     # CML†: the co-learner classifying the adapted learner's query features
 
     def __init__(self, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int, weight: float = 1.0,
                  lr: float = 1e-3, control: str = "none") -> None:
@@ -65,6 +66,10 @@ class CoLearner(OuterTerm):
         if features.shape[0] == n_s + n_q and features.shape[0] != n_q:
             return features[n_s:]
         return features
+
+    def predict(self, features: Tensor, task) -> Tensor:
+        """Query logits from the tapped features of a scored pass (the test-time hook)."""
+        return self.head(self.query_rows(features, task))
 
     def forward(self, outcome: TaskOutcome) -> Tensor:
         feats = self.query_rows(outcome.features[self.tap], outcome.task)
