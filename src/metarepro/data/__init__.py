@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..dataset_cards import GRAPH, SYNTHESIZED
 from . import graphs
 from .episodes import ImageEpisodes, SinusoidEpisodes, TaskSampler, eval_seed
 from .sinusoid import SinusoidTasks
@@ -26,8 +27,15 @@ class DatasetSpec:
     module: str | None = None      # module with prepare(raw_dir, out_dir, options); None: generated
     prepare_fn: str = "prepare"
     normalize: bool = True         # per-channel mean/std from the train split (False: raw [0, 1])
-    graph: bool = False            # node classification on local subgraphs (metarepro.data.graphs)
-    synthesized: bool = False      # prepare generates the data from its options: no raw files, no download
+    @property
+    def graph(self) -> bool:
+        """Node classification on local subgraphs (metarepro.data.graphs): the dataset card's kind."""
+        return self.name in GRAPH
+
+    @property
+    def synthesized(self) -> bool:
+        """`prepare` generates the data from its options (no raw files, no download): the dataset card says so."""
+        return self.name in SYNTHESIZED
 
     @property
     def generated(self) -> bool:
@@ -48,15 +56,14 @@ DATASETS: dict[str, DatasetSpec] = {
     "cub": DatasetSpec("cub", "classification", "cub"),
     # G-Meta's synthetic node-classification benchmarks (Huang & Zitnik 2020), generated with networkx
     "synthetic_cycle": DatasetSpec("synthetic_cycle", "classification", "synthetic_graphs", "prepare_cycle",
-                                   normalize=False, graph=True, synthesized=True),
+                                   normalize=False),
     "synthetic_ba": DatasetSpec("synthetic_ba", "classification", "synthetic_graphs", "prepare_ba",
-                                normalize=False, graph=True, synthesized=True),
+                                normalize=False),
     # G-Meta's real-world benchmarks, from its processed release (G-Meta_Data.zip), read without DGL
-    "arxiv": DatasetSpec("arxiv", "classification", "gmeta_release", "prepare_arxiv", normalize=False, graph=True),
+    "arxiv": DatasetSpec("arxiv", "classification", "gmeta_release", "prepare_arxiv", normalize=False),
     "tissue_ppi": DatasetSpec("tissue_ppi", "classification", "gmeta_release", "prepare_tissue_ppi",
-                              normalize=False, graph=True),
-    "fold_ppi": DatasetSpec("fold_ppi", "classification", "gmeta_release", "prepare_fold_ppi", normalize=False,
-                            graph=True),
+                              normalize=False),
+    "fold_ppi": DatasetSpec("fold_ppi", "classification", "gmeta_release", "prepare_fold_ppi", normalize=False),
 }
 
 
@@ -83,7 +90,7 @@ def normalization(dataset: str, data_dir: str) -> dict | None:
     """The per-channel input normalisation of a dataset's episodes, {"mean": [...], "std": [...]} from its train
     split; None when images stay in [0, 1] (Omniglot) or the data is generated."""
     spec = get(dataset)
-    if spec.generated or not spec.normalize or spec.graph:
+    if spec.generated or not spec.normalize:
         return None
     mean, std = train_stats(str(Path(data_dir)))
     return {"mean": list(mean), "std": list(std)}
