@@ -4,7 +4,7 @@ Setting (Finn et al. 2017, Omniglot 5-way 1-shot): Conv-4-64 on 28x28x1 images, 
 1 inner SGD step with inner lr 0.4, meta-batch 8, Adam meta-optimiser (lr 1e-3). Both
 implementations run on IDENTICAL meta-batches from IDENTICAL initial weights:
 
-- ours:   `metarepro.methods.build("maml" | "fomaml", ...)` + `learner.meta_step(tasks, optimizer)`
+- ours:   `metarepro.methods.build("maml" | "fomaml", ...)` + `meta_step(learner, tasks, optimizer)`
           (torch.func.functional_call + torch.autograd.grad, per-task backward).
 - stacked: the same with the meta-batch as one stacked task (`train.stack_tasks`: per-task weights through
           grouped convolutions, per-task batch norm), one backward.
@@ -47,6 +47,7 @@ from torch import nn
 
 from metarepro import data as datasets
 from metarepro import methods, models
+from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.utils import set_threads
 
@@ -94,7 +95,7 @@ def make_ours(init_state: dict, second_order: bool, stacked: bool = False) -> tu
     opt = torch.optim.Adam(learner.parameters(), lr=META_LR)
 
     def step(tasks: list[Task], optimizer: torch.optim.Optimizer | None = None) -> None:
-        learner.meta_step(tasks, optimizer or opt)
+        meta_step(learner, tasks, optimizer or opt)
 
     return learner, step
 

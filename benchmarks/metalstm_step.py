@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from metarepro import models
+from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.methods.metalstm import MetaLSTM, preprocess
 from metarepro.utils import set_threads
@@ -123,7 +124,7 @@ def main() -> None:
             m.train()
             batch = [tasks[(it + j) % len(tasks)] for j in range(args.meta_batch)]
             t0 = time.perf_counter()
-            m.meta_step(batch, opts[k])
+            meta_step(m, batch, opts[k])
             t_train = time.perf_counter() - t0
             if it >= args.warmup:
                 times[k]["eval"].append(t_eval)

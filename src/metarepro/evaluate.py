@@ -2,24 +2,38 @@
 
 The episodes are a pure function of (dataset, split, ways, shots, evaluation seed), so every method
 is evaluated on identical episodes (see `episode_set` in eval.json) and can be compared pair-wise.
+
+- At the run's shots -> eval.json. At other shots (`shots`) -> eval_{shots}shot.json, on the fixed episodes a
+  `shots`-shot run is tested on, so the two compare pair-wise (e.g. Li et al.'s 5-shot-trained sinusoid models
+  tested with 10 and 20 points).
+- Cross-domain (`target`, prepared in `target_dir`) -> eval_xdomain_{target}.json: the same episodes that runs
+  trained on the target are tested on, converted to the run's input shape and channels and normalised with the
+  run's own training statistics (stored in model.pt). The target test classes that the source trained on (same or
+  hypernym-related WordNet concept, metarepro.classes) are recorded; refused, naming them, when the two datasets
+  are cut from one image collection. With `drop_overlap`, the episodes are scored again drawn only from the other
+  test classes ("without_overlap").
+- An outer-loss term with a test-time hook (`predicts_at_test`, e.g. CML's co-learner) is scored beside the base
+  method on the same adapted learner (eval.json's HOOK_KEY entry); evaluation never names the add-on.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import addons
 from . import data as datasets
 from . import numerics
+from .formats import EVAL_FILE, MODEL_FILE
+from .formats import EVAL_HOOK as HOOK_KEY
+from .loop import progress_bar
 from .methods.base import tap_outputs
 from .runtime import load_learner
 from .stats import mean_ci95 as mean_ci
@@ -34,35 +48,40 @@ N_FITS = 3          # sinusoid tasks drawn for the Finn et al. Fig. 2-style plot
 FIT_STEPS = (0, 1, 10)
 
 
+@dataclass
+class Scores:
+    """What scoring the test episodes gives: the final score per episode, the score after every inner step on the
+    first `curve_episodes`, the test-time hook's score per episode (None without one), the method's per-step
+    internals, and the wall time of the base method's scoring and of the hook's, apart."""
+    final: np.ndarray
+    by_step: np.ndarray
+    hook: np.ndarray | None
+    diagnostics: list[dict]
+    wall: float
+    hook_wall: float
+
+
 def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, device: str = "auto",
              shots: int | None = None, target: str | None = None, target_dir: str | None = None,
              target_options: dict | None = None, drop_overlap: bool = False) -> Path:
-    """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json. With `shots` other than the
-    run's training shots, on the fixed `shots`-shot episodes instead -> run_dir/eval_{shots}shot.json (e.g. Li et
-    al.'s 5-shot-trained sinusoid models tested with 10 and 20 points); those are the episodes a `shots`-shot
-    run is tested on, so the two compare pair-wise.
-
-    Cross-domain: with `target` (a dataset prepared in `target_dir`, options `target_options`), on the target's
-    fixed test episodes -> run_dir/eval_xdomain_{target}.json: the same episodes that runs trained on the target
-    are tested on, converted to the run's input shape and channels and normalised with the run's own training
-    statistics (stored in model.pt). The target test classes that the source trained on (same or hypernym-related
-    WordNet concept, metarepro.classes) are recorded; refused, naming them, when the two datasets are cut from one
-    image collection. With `drop_overlap`, the episodes are scored again drawn only from the other test classes
-    ("without_overlap")."""
+    """Evaluate the run in `run_dir` on its fixed test episodes -> run_dir/eval.json; with `shots` other than the
+    run's, on the fixed `shots`-shot episodes -> eval_{shots}shot.json; with `target` (a dataset prepared in
+    `target_dir`, options `target_options`), cross-domain on the target's test episodes ->
+    eval_xdomain_{target}.json, and with `drop_overlap` also without the target classes the source trained on.
+    See the module docstring."""
     run_dir = Path(run_dir)
     if shots is not None and shots < 1:
         raise MetareproError(f"--shots must be >= 1, got {shots}")
     if target is not None and (shots is not None or not target_dir):
         raise MetareproError("a cross-domain evaluation (--target) needs --target-data and takes no --shots")
-    model_path = run_dir / "model.pt"
     set_threads(threads)
     # strict numerics reach evaluation too: deterministic algorithms, as in meta-training (eval.json records it)
     if numerics.strict_requested():
         set_determinism(True)
     device = resolve_device(device)
-    learner, run, state = load_learner(model_path, device)
+    learner, run, state = load_learner(run_dir / MODEL_FILE, device)
     members = ensemble_members(learner, state)
-    colearner = trained_colearner(learner, run, state, device)
+    hook = test_time_term(learner, run, state, device)
     ev = run.evaluation
     if ev.get("analysis_episodes") and not getattr(learner, "gradient_based", False):
         raise MetareproError(f"evaluation.analysis_episodes: method {run.method!r} has no inner loop whose "
@@ -76,43 +95,76 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
     seed = datasets.eval_seed(ev["seed"], dataset, TEST_SPLIT, run.ways, k)
     eps = datasets.episodes(dataset, dataset_args, data_dir, TEST_SPLIT, run.ways, k, ev["queries"], seed, model_input)
     steps = learner.eval_inner_steps
-    # The score after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first
-    # `curve_episodes` episodes; the headline score after the last step on all of them.
+    desc = f"eval {run.method} {run.dataset}" + (f"->{target}" if target else "") + f" {run.ways}w{k}s"
+    scores = score_episodes(learner, members, hook, eps, ev, steps, device, progress_bar(range(ev["episodes"]),
+                                                                                          desc, progress))
+    result = summarize(learner, run, state, eps, k, steps, scores, hook, device)
+    n_analysis = min(int(ev.get("analysis_episodes") or 0), ev["episodes"])
+    if n_analysis:
+        result["analysis"] = representation_analysis(learner, eps, n_analysis, steps, device)
+    if datasets.get(run.dataset).task_type == "regression":     # the true curves beside the predictions
+        result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
+    if xdomain is not None:
+        result["cross_domain"] = xdomain
+        if drop_overlap:
+            result["without_overlap"] = _score_without_overlap(learner, members, xdomain, result, dataset,
+                                                               dataset_args, data_dir, run.ways, k, ev, seed,
+                                                               model_input, steps, device)
+        out = run_dir / f"eval_xdomain_{target}.json"
+    else:
+        out = run_dir / (EVAL_FILE if k == run.shots else f"eval_{k}shot.json")
+    write_json_atomic(out, result)
+    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"],
+             result["mean"], result["ci95"], ev["episodes"], k, dataset, steps)
+    return out
+
+
+def score_episodes(learner: Any, members: list[Any], hook: Any, eps: Any, ev: dict, steps: int, device: str,
+                   episodes: Iterable[int]) -> Scores:
+    """Adapt to and score each test episode (`episodes`: their indices, e.g. behind a progress bar). The score
+    after every inner step (the accuracy/MSE-vs-steps curve) is recorded on the first `curve_episodes` episodes,
+    the headline score after the last step on all of them."""
     n_curve = min(int(ev.get("curve_episodes", ev["episodes"])), ev["episodes"])
     t0 = time.perf_counter()
     by_step = np.full((n_curve, steps + 1), np.nan)
     final = np.zeros(ev["episodes"])
-    dagger = np.zeros(ev["episodes"]) if colearner is not None else None
-    dagger_wall = 0.0
-    bar = tqdm(range(ev["episodes"]), desc=f"eval {run.method} {run.dataset}"
-               + (f"->{target}" if target else "") + f" {run.ways}w{k}s",
-               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=not progress)
+    hooked = np.zeros(ev["episodes"]) if hook is not None else None
+    hook_wall = 0.0
     diagnostics: list[dict] = []     # the method's per-step internals (Meta-LSTM: gates) on the curve episodes
-    for i in bar:
+    for i in episodes:
         task = eps.episode(i).to(device)
-        # CML†: the co-learner reads the feature map of the scored query pass (the last forward of the block), so
-        # it scores the very adaptation the base method is scored on, without adapting a second time (an
-        # ensemble's co-learner adapts its own copy: colearner_score)
+        # the test-time hook (CML's co-learner) reads the feature map of the scored query pass (the last forward of
+        # the block), so it scores the very adaptation the base method is scored on, without adapting a second
+        # time (an ensemble's hook adapts its own copy: hook_score)
         single = not members
         with learner.record_diagnostics() if single and i < n_curve else contextlib.nullcontext() as diag, \
-                tap_outputs(learner.model, [colearner.tap] if single and colearner is not None else []) as tapped:
+                tap_outputs(learner.model, [hook.tap] if single and hook is not None else []) as tapped:
             scores = episode_scores(learner, members, task, steps, every_step=i < n_curve)
         if i < n_curve:
             by_step[i] = scores
             if diag is not None:
                 diagnostics.append(diag)
         final[i] = scores[-1]
-        if dagger is not None:
-            t_co = time.perf_counter()
+        if hooked is not None:
+            t_hook = time.perf_counter()
             if members:
-                dagger[i] = colearner_score(learner, colearner, task, steps)
+                hooked[i] = hook_score(learner, hook, task, steps)
             else:
                 with torch.no_grad():
-                    dagger[i] = learner.metric(colearner.predict(tapped[colearner.tap], task), task.y_query)
-            dagger_wall += time.perf_counter() - t_co
-    # the base method's own test time: CML†'s scoring (the co-learner head; for an ensemble another adaptation)
-    # is timed apart, so that X + CML's inference cost compares with X's
-    wall = time.perf_counter() - t0 - dagger_wall
+                    hooked[i] = learner.metric(hook.predict(tapped[hook.tap], task), task.y_query)
+            hook_wall += time.perf_counter() - t_hook
+    if hasattr(episodes, "close"):
+        episodes.close()
+    # the base method's own test time: the hook's scoring (the co-learner head; for an ensemble another
+    # adaptation) is timed apart, so that X + CML's inference cost compares with X's
+    return Scores(final, by_step, hooked, diagnostics, time.perf_counter() - t0 - hook_wall, hook_wall)
+
+
+def summarize(learner: Any, run: Any, state: dict, eps: Any, k: int, steps: int, scores: Scores, term: Any,
+              device: str) -> dict[str, Any]:
+    """eval.json's content (metarepro.formats.EVAL_REQUIRED and the rest) from the scored episodes; `term`: the
+    outer-loss term with a test-time hook, or None."""
+    ev, final, hook = run.evaluation, scores.final, scores.hook
     mean, ci = mean_ci(final)
     n_params = learner.parameter_count()      # what runs at test (MAML++'s replaced batch-norm weights left out)
     result: dict[str, Any] = {
@@ -130,10 +182,10 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         "per_episode": final.tolist(),
         # by_step[j]: after j inner steps, over the first `curve_episodes` episodes (the last step's entry
         # equals `mean` when curve_episodes == episodes)
-        "curve_episodes": n_curve,
-        "by_step": {str(j): dict(zip(("mean", "ci95"), mean_ci(by_step[:, j]))) for j in range(steps + 1)},
-        "wall_time_s": wall,
-        "adapt_time_per_task_s": wall / max(1, ev["episodes"]),
+        "curve_episodes": len(scores.by_step),
+        "by_step": {str(j): dict(zip(("mean", "ci95"), mean_ci(scores.by_step[:, j]))) for j in range(steps + 1)},
+        "wall_time_s": scores.wall,
+        "adapt_time_per_task_s": scores.wall / max(1, ev["episodes"]),
         "peak_memory_mb": peak_memory_mb(),
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         "device": device,
@@ -144,39 +196,18 @@ def evaluate(run_dir: str | Path, threads: int = 1, progress: bool = True, devic
         # what inference uses, and what meta-training learned: the add-ons' own parameters too (CML's co-learner,
         # dropped at test), for tables of parameters against accuracy
         "parameters": n_params,
-        "meta_trained_parameters": n_params + (sum(p.numel() for p in colearner.parameters())
-                                               if colearner is not None else 0),
+        "meta_trained_parameters": n_params + (sum(p.numel() for p in term.parameters()) if term is not None else 0),
     }
-    if dagger is not None:
-        # CML†: the same adapted learner's query features classified by the co-learner instead of the head
-        m, c = mean_ci(dagger)
-        result["colearner"] = {"mean": m, "ci95": c, "std": float(dagger.std(ddof=1)) if len(dagger) > 1 else 0.0,
-                               "per_episode": dagger.tolist(), "wall_time_s": dagger_wall}
-    if members:
+    if hook is not None:
+        # the test-time hook's score (CML's dagger): the same adapted learner's query features classified by the
+        # outer-loss term instead of the head
+        m, c = mean_ci(hook)
+        result[HOOK_KEY] = {"mean": m, "ci95": c, "std": float(hook.std(ddof=1)) if len(hook) > 1 else 0.0,
+                            "per_episode": hook.tolist(), "wall_time_s": scores.hook_wall}
+    if state.get("ensemble") and len(state["ensemble"]) > 1:
         result["ensemble"] = [{"iteration": m["iteration"], "val_mean": m["val_mean"]} for m in state["ensemble"]]
-    result.update(summarize_diagnostics(diagnostics))
-    n_analysis = min(int(ev.get("analysis_episodes") or 0), ev["episodes"])
-    if n_analysis:
-        result["analysis"] = representation_analysis(learner, eps, n_analysis, steps, device)
-    if run.dataset == "sinusoid":
-        result["fits"] = sinusoid_fits(learner.cpu(), eps, max(steps, max(FIT_STEPS)))
-    if xdomain is not None:
-        result["cross_domain"] = xdomain
-        if drop_overlap and xdomain["overlap"]["count"]:
-            result["without_overlap"] = _score_without_overlap(learner, members, xdomain, dataset, dataset_args,
-                                                               data_dir, run.ways, k, ev, seed, model_input, steps,
-                                                               device)
-        elif drop_overlap:      # nothing to drop: the same episodes, already scored
-            result["without_overlap"] = {"classes": xdomain["overlap"]["of"], "dropped": 0,
-                                         "episodes": int(ev["episodes"]), "episode_set": result["episode_set"],
-                                         "mean": mean, "ci95": ci, "per_episode": result["per_episode"]}
-        out = run_dir / f"eval_xdomain_{target}.json"
-    else:
-        out = run_dir / ("eval.json" if k == run.shots else f"eval_{k}shot.json")
-    write_json_atomic(out, result)
-    log.info("%s: %s %.4f +- %.4f over %d %d-shot episodes of %s (%d inner steps)", run_dir, result["metric"], mean,
-             ci, ev["episodes"], k, dataset, steps)
-    return out
+    result.update(summarize_diagnostics(scores.diagnostics))
+    return result
 
 
 def representation_analysis(learner: Any, eps: Any, n: int, steps: int, device: str) -> dict[str, Any]:
@@ -210,9 +241,9 @@ def representation_analysis(learner: Any, eps: Any, n: int, steps: int, device: 
             "tsne": {"episode": 0, "xy": np.round(xy, 4).tolist(), "labels": labels}}
 
 
-def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
-    """The run's trained outer-loss term that predicts at test time (`predicts_at_test`, e.g. CML's co-learner:
-    CML† scoring), from model.pt's `addons`; None when the run has none."""
+def test_time_term(learner: Any, run: Any, state: dict, device: str) -> Any:
+    """The run's trained outer-loss term that has a test-time hook (`predicts_at_test`, e.g. CML's co-learner,
+    scored as CML's dagger), from model.pt's `addons`; None when the run has none."""
     if not state.get("addons"):
         return None
     spec = datasets.get(run.dataset)
@@ -223,9 +254,9 @@ def trained_colearner(learner: Any, run: Any, state: dict, device: str) -> Any:
     return term.to(device).eval() if term is not None else None
 
 
-def colearner_score(learner: Any, term: Any, task: Any, steps: int) -> float:
-    """CML†'s query metric: adapt as the base method does, then classify the adapted learner's tapped query
-    features with the co-learner (Shin et al. 2024: the co-learner predicting at test time)."""
+def hook_score(learner: Any, term: Any, task: Any, steps: int) -> float:
+    """A test-time hook's query metric: adapt as the base method does, then predict from the adapted learner's
+    tapped query features with the term (CML's dagger: the co-learner predicting at test time)."""
     adapted = learner.adapt(task, steps, create_graph=False)
     with torch.no_grad(), tap_outputs(learner.model, [term.tap]) as found:
         adapted(task.x_query)
@@ -270,11 +301,15 @@ def episode_scores(learner: Any, members: list[Any], task: Any, steps: int, ever
     return learner.evaluate_task(task, steps, every_step=every_step)
 
 
-def _score_without_overlap(learner: Any, members: list, xdomain: dict, dataset: str, dataset_args: dict,
-                           data_dir: str, ways: int, k: int, ev: dict, seed: int, model_input: Any, steps: int,
-                           device: str) -> dict[str, Any]:
+def _score_without_overlap(learner: Any, members: list, xdomain: dict, result: dict, dataset: str,
+                           dataset_args: dict, data_dir: str, ways: int, k: int, ev: dict, seed: int,
+                           model_input: Any, steps: int, device: str) -> dict[str, Any]:
     """The same number of episodes, same seed, drawn only from the target test classes the source did not train
-    on: the cross-domain score with the concept overlap dropped."""
+    on: the cross-domain score with the concept overlap dropped (nothing to drop: `result`'s own episodes)."""
+    if not xdomain["overlap"]["count"]:
+        return {"classes": xdomain["overlap"]["of"], "dropped": 0, "episodes": int(ev["episodes"]),
+                "episode_set": result["episode_set"], "mean": result["mean"], "ci95": result["ci95"],
+                "per_episode": result["per_episode"]}
     names = datasets.class_names(data_dir, TEST_SPLIT)
     gone = [names.index(c) for c in xdomain["overlap"]["classes"]]
     left = len(names) - len(gone)
@@ -335,7 +370,7 @@ def summarize_diagnostics(per_episode: list[dict[str, dict[str, Any]]]) -> dict[
 
 
 def sinusoid_fits(learner, eps, steps: int) -> list[dict]:
-    """Predictions on a dense grid before and after 1..steps inner steps for a few fixed test tasks."""
+    """For a regression dataset (its episodes know the true curve: `eps.tasks.curve`), predictions on a dense grid before and after 1..steps inner steps for a few fixed test tasks."""
     fits = []
     for i in range(N_FITS):
         task = eps.episode(i)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import data as datasets
 from . import models, numerics
@@ -36,10 +33,10 @@ from .formats import PRETRAIN_LOG_FIELDS
 from .data.episodes import resize_center_crop
 from .data.store import ImageSplit
 from .methods.protonet import class_means
-from .runtime import load_backbone, load_resume_state, write_outputs
+from .loop import Loop, LoopResult
+from .runtime import load_backbone, write_outputs
 from .stats import mean_ci95
-from .utils import (MetareproError, atomic_path, git_revision, peak_memory_mb, resolve_device, rng_state,
-                    set_determinism, set_rng_state, set_threads)
+from .utils import MetareproError, git_revision, peak_memory_mb, resolve_device, set_determinism, set_threads
 
 log = logging.getLogger("metarepro.pretrain")
 
@@ -112,6 +109,93 @@ def fewshot_accuracy(features: nn.Module, episodes: Any, n: int, device: str) ->
     return mean_ci95(scores)
 
 
+class Pretraining:
+    """One pretraining stage as a job of metarepro.loop: the classifier, its optimizer, the mini-batch schedule
+    and the validation episodes; loss and accuracy are averaged over the LOG_EVERY steps of each log row."""
+
+    counter, loss_key = "step", "loss"
+
+    def __init__(self, cfg: PretrainConfig, device: str) -> None:
+        self.cfg, self.device, pt = cfg, device, cfg.pretrain
+        self.pt = pt
+        spec = datasets.get(cfg.dataset)
+        split = datasets.cached_split(str(Path(cfg.data_dir)), "train")
+        stats = datasets.train_stats(str(Path(cfg.data_dir))) if spec.normalize else (None, None)
+        self.images = TrainImages(split, bool(cfg.dataset_args.get("rotations", False)), *stats,
+                                  input_crop=cfg.dataset_args.get("input"))
+        self.schedule = BatchSchedule(self.images.size, pt["batch_size"], cfg.seed)
+        self.total = max(1, math.ceil(pt["epochs"] * self.images.size / pt["batch_size"]))
+        self.model = build_classifier(cfg, self.images.n_classes).to(device)
+        if pt["optimizer"] == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=pt["lr"], momentum=pt["momentum"], weight_decay=pt["weight_decay"],
+                nesterov=bool(pt.get("nesterov", False)))
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=pt["lr"], weight_decay=pt["weight_decay"])
+        val_seed = datasets.eval_seed(cfg.val_seed, cfg.dataset, "val", pt["val_ways"], pt["val_shots"])
+        self.val_eps = datasets.episodes(cfg.dataset, cfg.dataset_args, cfg.data_dir, "val", pt["val_ways"],
+                                         pt["val_shots"], pt["val_queries"], val_seed)
+        self.acc = [0.0, 0.0, 0]      # loss sum, accuracy sum, steps since the last log row
+        self.model.train()
+
+    def step(self, step: int, validating: bool) -> dict | None:
+        pt, model, optimizer, per_epoch = self.pt, self.model, self.optimizer, self.schedule.steps_per_epoch
+        if pt.get("lr_step_epochs"):
+            # step decay by epochs (MTL's StepLR(30, 0.2)); a function of the step, so a resumed job agrees
+            lr = pt["lr"] * pt.get("lr_gamma", 0.1) ** int(step / per_epoch // pt["lr_step_epochs"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        x, y = self.images.batch(self.schedule.indices(step))
+        x, y = x.to(self.device), y.to(self.device)
+        out_logits = model(x)
+        loss = F.cross_entropy(out_logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        acc = self.acc
+        acc[0] += float(loss.detach())
+        acc[1] += float((out_logits.detach().argmax(1) == y).float().mean()) * 100.0
+        acc[2] += 1
+        done = step + 1
+        if done % LOG_EVERY and not validating:
+            return None
+        row = {"step": done, "epoch": round(done / per_epoch, 4), "loss": acc[0] / acc[2],
+               "accuracy": acc[1] / acc[2], "val_mean": "", "val_ci95": "", "lr": optimizer.param_groups[0]["lr"],
+               "elapsed_s": 0.0}
+        self.acc = [0.0, 0.0, 0]
+        return row
+
+    def validate(self) -> tuple[float, float, dict]:
+        self.model.eval()
+        vm, vc = fewshot_accuracy(self.model.features, self.val_eps, self.pt["val_episodes"], self.device)
+        self.model.train()
+        return vm, vc, {}
+
+    def weights(self) -> dict[str, Tensor]:
+        return self.model.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "acc": self.acc}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.acc = state["acc"]
+
+    def artifact(self, done: LoopResult) -> dict[str, Any]:
+        """backbone.pt's content: the features and head of the best validation step (else the last)."""
+        cfg, best = self.cfg, done.best
+        weights = best["state"] if best["state"] is not None else {k: v.detach().cpu() for k, v in
+                                                                   self.model.state_dict().items()}
+        return {"pretrain": cfg.to_dict(), "backbone": cfg.backbone, "backbone_args": dict(cfg.backbone_args),
+                "n_classes": self.images.n_classes,
+                "features": {k[len("features."):]: v for k, v in weights.items() if k.startswith("features.")},
+                "head": {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")},
+                "best_step": best["step"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"],
+                "steps": self.total, "wall_time_s": done.wall, "peak_memory_mb": peak_memory_mb(),
+                "git_revision": git_revision(), "torch_version": str(torch.__version__), "device": self.device}
+
+
 def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, device: str = "auto") -> Path:
     """Train the classifier of `cfg` into cfg.out_dir: backbone.pt, train_log.csv, config.yaml (atomically)."""
     if datasets.get(cfg.dataset).generated:
@@ -122,97 +206,14 @@ def pretrain(cfg: PretrainConfig, threads: int = 1, progress: bool = True, devic
     device = resolve_device(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoints" / "last.pt"
+    job = Pretraining(cfg, device)
     pt = cfg.pretrain
-    spec = datasets.get(cfg.dataset)
-    split = datasets.cached_split(str(Path(cfg.data_dir)), "train")
-    stats = datasets.train_stats(str(Path(cfg.data_dir))) if spec.normalize else (None, None)
-    images = TrainImages(split, bool(cfg.dataset_args.get("rotations", False)), *stats,
-                         input_crop=cfg.dataset_args.get("input"))
-    schedule = BatchSchedule(images.size, pt["batch_size"], cfg.seed)
-    total = max(1, math.ceil(pt["epochs"] * images.size / pt["batch_size"]))
-    model = build_classifier(cfg, images.n_classes).to(device)
-    if pt["optimizer"] == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=pt["lr"], momentum=pt["momentum"],
-                                                           weight_decay=pt["weight_decay"],
-                                                           nesterov=bool(pt.get("nesterov", False)))
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=pt["lr"], weight_decay=pt["weight_decay"])
-    val_seed = datasets.eval_seed(cfg.val_seed, cfg.dataset, "val", pt["val_ways"], pt["val_shots"])
-    val_eps = datasets.episodes(cfg.dataset, cfg.dataset_args, cfg.data_dir, "val", pt["val_ways"], pt["val_shots"],
-                                pt["val_queries"], val_seed)
-
-    start, rows, acc, elapsed_before = 0, [], [0.0, 0.0, 0], 0.0
-    best: dict[str, Any] = {"step": -1, "val_mean": None, "val_ci95": None, "state": None}
-    state = load_resume_state(ckpt_path, "config", cfg.to_dict())
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"] if "rng" in state else {"cpu": state["torch_rng"]}, device)
-        start, rows, acc, best, elapsed_before = (state["step"], state["rows"], state["acc"], state["best"],
-                                                  state["elapsed_s"])
-        log.info("resuming %s from step %d", out, start)
-
-    t0 = time.perf_counter() - elapsed_before
-    bar = tqdm(range(start, total), initial=start, total=total, desc=f"pretrain {cfg.backbone} {cfg.dataset}",
-               file=sys.stderr, disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 30.0,
-               dynamic_ncols=True)
-    model.train()
-    for step in bar:
-        if pt.get("lr_step_epochs"):
-            # step decay by epochs (MTL's StepLR(30, 0.2)); a function of the step, so a resumed job agrees
-            lr = pt["lr"] * pt.get("lr_gamma", 0.1) ** int(step / schedule.steps_per_epoch // pt["lr_step_epochs"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        x, y = images.batch(schedule.indices(step))
-        x, y = x.to(device), y.to(device)
-        out_logits = model(x)
-        loss = F.cross_entropy(out_logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        acc[0] += float(loss.detach())
-        acc[1] += float((out_logits.detach().argmax(1) == y).float().mean()) * 100.0
-        acc[2] += 1
-        done = step + 1
-        validate = done % pt["val_every"] == 0 or done == total
-        if done % LOG_EVERY == 0 or validate:
-            row = {"step": done, "epoch": round(done / schedule.steps_per_epoch, 4), "loss": acc[0] / acc[2],
-                   "accuracy": acc[1] / acc[2], "val_mean": "", "val_ci95": "", "lr": optimizer.param_groups[0]["lr"],
-                   "elapsed_s": 0.0}
-            acc = [0.0, 0.0, 0]
-            if validate:
-                model.eval()
-                vm, vc = fewshot_accuracy(model.features, val_eps, pt["val_episodes"], device)
-                model.train()
-                row["val_mean"], row["val_ci95"] = vm, vc
-                if best["val_mean"] is None or vm > best["val_mean"]:
-                    best = {"step": done, "val_mean": vm, "val_ci95": vc,
-                            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-                bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{vm:.2f}")
-                log.info("step %d loss %.4f train acc %.2f val %.2f +- %.2f", done, row["loss"], row["accuracy"],
-                         vm, vc)
-            row["elapsed_s"] = round(time.perf_counter() - t0, 3)
-            rows.append(row)
-        if done % pt["checkpoint_every"] == 0 and done < total:
-            with atomic_path(ckpt_path) as tmp:
-                torch.save({"config": cfg.to_dict(), "step": done, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "rng": rng_state(device), "rows": rows,
-                            "acc": acc, "best": best, "elapsed_s": time.perf_counter() - t0}, tmp)
-    bar.close()
-    wall = time.perf_counter() - t0
-
-    weights = best["state"] if best["state"] is not None else {k: v.detach().cpu() for k, v in
-                                                               model.state_dict().items()}
-    final = {"pretrain": cfg.to_dict(), "backbone": cfg.backbone, "backbone_args": dict(cfg.backbone_args),
-             "n_classes": images.n_classes,
-             "features": {k[len("features."):]: v for k, v in weights.items() if k.startswith("features.")},
-             "head": {k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")},
-             "best_step": best["step"], "val_mean": best["val_mean"], "val_ci95": best["val_ci95"], "steps": total,
-             "wall_time_s": wall, "peak_memory_mb": peak_memory_mb(), "git_revision": git_revision(),
-             "torch_version": str(torch.__version__), "device": device}
-    write_outputs(out / "backbone.pt", final, LOG_FIELDS, rows, cfg.to_dict(), wall, ckpt_path, steps=total,
-                  n_classes=images.n_classes, best_step=best["step"], best_val_mean=best["val_mean"])
-    log.info("done %s in %.1fs (best val %.2f at step %d of %d)", out, wall, best["val_mean"] or float("nan"),
-             best["step"], total)
+    loop = Loop(out, "config", cfg.to_dict(), job.total, pt["val_every"], pt["checkpoint_every"],
+                f"pretrain {cfg.backbone} {cfg.dataset}", progress=progress, device=device, logger=log)
+    done = loop.run(job)
+    write_outputs(out / "backbone.pt", job.artifact(done), LOG_FIELDS, done.rows, cfg.to_dict(), done.wall,
+                  loop.checkpoint, steps=job.total, n_classes=job.images.n_classes, best_step=done.best["step"],
+                  best_val_mean=done.best["val_mean"])
+    log.info("done %s in %.1fs (best val %.2f at step %d of %d)", out, done.wall,
+             done.best["val_mean"] or float("nan"), done.best["step"], job.total)
     return out / "backbone.pt"

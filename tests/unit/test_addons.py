@@ -8,20 +8,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import random_image_tasks
 
 from metarepro import addons, formats, methods, models
 from metarepro.addons.cml import CoLearner
 from metarepro.addons.ht import HardTaskSampler, failure_class
 from metarepro.addons.mean import MeanAggregator
 from metarepro.addons.oamfs import CosineAggregator, cosine_weights
-from metarepro.config import ADDON_KINDS, MethodName, NOT_META_TRAINED, RunConfig, load_config, resolve_run
+from metarepro.addons.outer import meta_step
+from metarepro.config import (
+    ADDON_KINDS,
+    NOT_META_TRAINED,
+    MethodName,
+    RunConfig,
+    load_config,
+    resolve_run,
+)
 from metarepro.data.episodes import SinusoidEpisodes, TaskSampler
 from metarepro.data.sinusoid import SinusoidTasks
 from metarepro.data.store import load_split, write_dataset
 from metarepro.methods.base import Task, TaskOutcome, TaskResult
 from metarepro.train import metatrain
-
-from tiny import random_image_tasks
 
 GRADIENT_METHODS = {"maml": {"inner_lr": 0.4}, "fomaml": {"inner_lr": 0.4}, "metasgd": {"init_lr": 0.4},
                     "mamlpp": {"inner_lr": 0.4, "inner_steps": 2}, "pamela": {"inner_lr": 0.4, "inner_steps": 2}}
@@ -82,7 +89,7 @@ def test_meta_step_per_task_results_equal_single_task_calls(method):
     tasks = [Task(t.x_support, t.y_support, t.x_query, t.y_query, classes=tuple(range(5 * i, 5 * i + 5)))
              for i, t in enumerate(random_image_tasks(3, queries=3, seed=1))]
     before = copy.deepcopy(learner)
-    stats = learner.meta_step(tasks, frozen_opt(learner.parameters()))
+    stats = meta_step(learner, tasks, frozen_opt(learner.parameters()))
     expected = [before.outcome(t).results(before)[0] for t in tasks]
     assert len(stats.tasks) == 3
     for got, want in zip(stats.tasks, expected):
@@ -101,9 +108,9 @@ def test_stacked_per_task_outcomes_equal_the_task_by_task_loop(method, monkeypat
     term_s = CoLearner(stacked, (1,), 1, weight=0.5)
     term_l = copy.deepcopy(term_s)
     term_l.meta = [looped]
-    a = stacked.meta_step(tasks, frozen_opt(stacked.parameters()), terms=[term_s])
+    a = meta_step(stacked, tasks, frozen_opt(stacked.parameters()), terms=[term_s])
     monkeypatch.setattr(type(looped), "can_stack", lambda self, t: False)
-    b = looped.meta_step(tasks, frozen_opt(looped.parameters()), terms=[term_l])
+    b = meta_step(looped, tasks, frozen_opt(looped.parameters()), terms=[term_l])
     # float32 in another summation order (batched vs per-task GEMMs, whose kernels differ by CPU ISA): an absolute
     # 1e-6 on MSEs of 7-15 failed on an Intel Xeon (7.2423134 stacked vs 7.2423120 looped: 1.9e-7 relative, ~3 ulps);
     # relative 1e-5 (~80 ulps), as for the gradients below, leaves room for other ISAs after 2-3 inner steps
@@ -164,7 +171,7 @@ def test_mean_aggregator_reproduces_the_legacy_meta_gradient_bit_for_bit(method,
     want = legacy_meta_grads(copy.deepcopy(learner), tasks)
     for agg in (None, MeanAggregator()):
         m = copy.deepcopy(learner)
-        m.meta_step(tasks, frozen_opt(m.parameters()), aggregator=agg)
+        meta_step(m, tasks, frozen_opt(m.parameters()), aggregator=agg)
         got = grads_of(m)
         for k in want:
             assert (want[k] is None) == (got[k] is None), k
@@ -181,10 +188,10 @@ def test_zero_weight_term_leaves_the_meta_gradient_unchanged(method):
         learner.set_iteration(10**6)
     tasks = random_image_tasks(2, queries=2, seed=3)
     base = copy.deepcopy(learner)
-    base.meta_step(tasks, frozen_opt(base.parameters()))
+    meta_step(base, tasks, frozen_opt(base.parameters()))
     term = CoLearner(learner, (1, 28, 28), 5, weight=0.0)
     opt = frozen_opt([{"params": list(learner.parameters())}, {"params": list(term.parameters())}])
-    stats = learner.meta_step(tasks, opt, terms=[term])
+    stats = meta_step(learner, tasks, opt, terms=[term])
     assert stats["cml_loss"] > 0
     want, got = grads_of(base), grads_of(learner)
     for k in want:
@@ -205,7 +212,7 @@ def test_cml_outer_gradient_is_the_hand_computed_sum_of_both_terms():
     task = Task(x, y, u, v)
     opt = frozen_opt([{"params": list(learner.parameters())}, {"params": list(term.parameters())}])
     before = {k: p.detach().clone() for k, p in term.named_parameters()}
-    learner.meta_step([task], opt, terms=[term])
+    meta_step(learner, [task], opt, terms=[term])
 
     w1, b1, w2, b2 = (model.features[0].weight, model.features[0].bias, model.head.weight, model.head.bias)
     phi = [term.head[0].weight, term.head[0].bias, term.head[2].weight, term.head[2].bias]
@@ -271,10 +278,10 @@ def test_oamfs_meta_step_combines_each_tasks_own_gradient():
     per_task = []
     for t in tasks:
         m = copy.deepcopy(learner)
-        m.meta_step([t], frozen_opt(m.parameters()))
+        meta_step(m, [t], frozen_opt(m.parameters()))
         per_task.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
     want = CosineAggregator().combine(torch.stack(per_task))
-    learner.meta_step(tasks, frozen_opt(learner.parameters()), aggregator=CosineAggregator())
+    meta_step(learner, tasks, frozen_opt(learner.parameters()), aggregator=CosineAggregator())
     got = torch.cat([p.grad.reshape(-1) for p in learner.parameters()])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
@@ -420,9 +427,9 @@ def test_gradient_diagnostics_match_a_hand_computation():
     the meta-gradient itself is the usual one."""
     learner, term, task, theta, phi, gq, gt, gphi = _hand_cml_grads()
     assert min(float(g.norm()) for g in gt + gq) > 1e-4
-    learner.grad_diagnostics = True
-    stats = learner.meta_step([task], frozen_opt([{"params": list(learner.parameters())},
-                                                  {"params": list(term.parameters())}]), terms=[term])
+    stats = meta_step(learner, [task], frozen_opt([{"params": list(learner.parameters())},
+                                                  {"params": list(term.parameters())}]), terms=[term],
+                      diagnostics=True)
     for p, a, b in zip(theta, gq, gt):
         torch.testing.assert_close(p.grad, a + b, atol=1e-12, rtol=0)
     q, t = torch.cat([g.reshape(-1) for g in gq[:2]]), torch.cat([g.reshape(-1) for g in gt[:2]])
@@ -440,7 +447,7 @@ def test_noise_control_replaces_the_colearner_gradient_by_noise_of_its_norm():
     assert float(torch.cat([g.reshape(-1) for g in gt[2:]]).norm()) > 0     # second order: the head is reached
     term.noise_control = True
     torch.manual_seed(123)
-    learner.meta_step([task], frozen_opt([{"params": list(learner.parameters())},
+    meta_step(learner, [task], frozen_opt([{"params": list(learner.parameters())},
                                           {"params": list(term.parameters())}]), terms=[term])
     torch.manual_seed(123)
     z = [torch.randn_like(p) for p in theta[:2]]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro.addons.outer import meta_step
 from metarepro.methods import build
 from metarepro.methods.base import Task
 from metarepro.methods.sharp_maml import sam_perturbation
@@ -63,7 +64,7 @@ def test_sharp_maml_outer_sam_updates_theta_with_the_meta_gradient_at_theta_plus
     g = _hand_maml(w, b, alpha, x, y, u, v)[2]               # second-order meta-gradient at theta
     e = radius * g / np.linalg.norm(g)
     g_shifted = _hand_maml(w + e[0], b + e[1], alpha, x, y, u, v)[2]
-    learner.meta_step([task], torch.optim.SGD(learner.parameters(), lr=lr))
+    meta_step(learner, [task], torch.optim.SGD(learner.parameters(), lr=lr))
     assert learner.model.w.item() == pytest.approx(w - lr * g_shifted[0], abs=1e-6)
     assert learner.model.b.item() == pytest.approx(b - lr * g_shifted[1], abs=1e-6)
     assert np.abs(g_shifted - g).max() > 1e-3               # the perturbation matters in this example
@@ -95,7 +96,7 @@ def test_sharp_maml_without_sam_is_maml():
     grads = {}
     for name, extra in (("maml", {}), ("sharp_maml", {"sam_outer": False, "sam_inner": False})):
         learner = build(name, Linear1D(0.7, -0.2), "regression", inner_lr=0.05, inner_steps=2, **extra)
-        learner.meta_step([task, Task(task.x_query, task.y_query, task.x_support, task.y_support)],
+        meta_step(learner, [task, Task(task.x_query, task.y_query, task.x_support, task.y_support)],
                           torch.optim.SGD(learner.parameters(), lr=0.0))
         grads[name] = [p.grad.clone() for p in learner.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(grads["maml"], grads["sharp_maml"]))

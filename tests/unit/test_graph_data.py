@@ -7,7 +7,7 @@ import pytest
 
 from metarepro import data
 from metarepro.data import graphs, synthetic_graphs
-from metarepro.data.graphs import Graph, GraphEpisodes, local_subgraph, split_samples, write_graph_dataset
+from metarepro.data.graphs import Graph, local_subgraph, split_samples, write_graph_dataset
 from metarepro.utils import MetareproError
 
 SMALL = {"graphs": 5, "folds": 5, "noise_edges": 10}

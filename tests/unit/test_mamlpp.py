@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.methods.maml import MAML
 from metarepro.methods.mamlpp import MAMLpp, msl_weights
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D, regression_task, random_image_tasks
+    from .tiny import Linear1D, random_image_tasks, regression_task
 except ImportError:
-    from tiny import Linear1D, regression_task, random_image_tasks
+    from tiny import Linear1D, random_image_tasks, regression_task
 
 OFF = dict(multi_step_loss=False, per_step_bn=False, lslr=False, derivative_order_annealing=False,
            cosine_annealing=False)
@@ -121,7 +122,7 @@ def test_derivative_order_annealing_switches_at_first_order_epochs():
     assert not learner.second_order_now()
     theta = np.array([0.7, -0.2])
     fo = _hand_two_steps(theta, LRS, (0.0, 1.0), x, y, u, v, second_order=False)
-    learner.meta_step([task], opt)
+    meta_step(learner, [task], opt)
     assert int(learner.iteration) == 20 and learner.second_order_now()   # meta_step advanced to epoch 2
     theta1 = np.array([learner.model.w.item(), learner.model.b.item()])
     np.testing.assert_allclose(theta1, theta - 0.1 * fo["theta"], atol=1e-6)
@@ -129,7 +130,7 @@ def test_derivative_order_annealing_switches_at_first_order_epochs():
     np.testing.assert_allclose(np.stack([learner.lslr["w"].detach().numpy(), learner.lslr["b"].detach().numpy()], 1),
                                lrs1, atol=1e-6)
     so = _hand_two_steps(theta1, lrs1, (0.0, 1.0), x, y, u, v, second_order=True)
-    learner.meta_step([task], opt)                   # iteration 20: second order
+    meta_step(learner, [task], opt)                   # iteration 20: second order
     np.testing.assert_allclose([learner.model.w.item(), learner.model.b.item()], theta1 - 0.1 * so["theta"], atol=1e-6)
     always_fo = _lslr_learner(derivative_order_annealing=True, first_order_epochs=0, first_order=True)
     assert not always_fo.second_order_now()
@@ -246,7 +247,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     sched = learner.make_scheduler(opt, 3)
     learner.train()
     for i in range(3):
-        stats = learner.meta_step(random_image_tasks(1, queries=3, seed=i), opt)
+        stats = meta_step(learner, random_image_tasks(1, queries=3, seed=i), opt)
         sched.step()
         assert np.isfinite(stats["loss"]) and 0 <= stats["metric"] <= 100
     after = learner.state_dict()

@@ -4,14 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.methods.metasgd import MetaSGD
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
-    from .tiny import Linear1D, regression_task, random_image_tasks
+    from .tiny import Linear1D, random_image_tasks, regression_task
 except ImportError:
-    from tiny import Linear1D, regression_task, random_image_tasks
+    from tiny import Linear1D, random_image_tasks, regression_task
 
 
 def _hand_metasgd(w, b, aw, ab, x, y, u, v):
@@ -67,7 +68,7 @@ def test_meta_step_updates_theta_and_alpha_together():
     (x, y, u, v), task = regression_task()
     learner = _learner(w, b, aw, ab)
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
-    learner.meta_step([task], opt)
+    meta_step(learner, [task], opt)
     _, _, g_theta, _, g_alpha = _hand_metasgd(w, b, aw, ab, x, y, u, v)
     assert learner.model.w.item() == pytest.approx(w - 0.1 * g_theta[0], abs=1e-6)
     assert learner.model.b.item() == pytest.approx(b - 0.1 * g_theta[1], abs=1e-6)
@@ -116,7 +117,7 @@ def test_smoke_conv4_trains_and_state_dict_round_trips():
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     learner.train()
     for i in range(3):
-        stats = learner.meta_step(random_image_tasks(2, queries=3, seed=i), opt)
+        stats = meta_step(learner, random_image_tasks(2, queries=3, seed=i), opt)
         assert np.isfinite(stats["loss"])
     assert not torch.equal(alpha0, learner.alpha["head__weight"])   # alpha is meta-learned
     learner.eval()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from metarepro import models
+from metarepro.addons.outer import meta_step
 from metarepro.methods import build
 
 try:
@@ -90,7 +91,7 @@ def test_meta_step_moves_ss_batchnorm_and_head_never_the_filters_at_their_own_lr
     movable = {n: p.detach().clone() for n, p in learner.named_parameters() if p.requires_grad}
     tasks = [type(t)(t.x_support.double(), t.y_support, t.x_query.double(), t.y_query)
              for t in random_image_tasks(2, 2, seed=2, size=16)]
-    learner.meta_step(tasks, torch.optim.Adam(groups))
+    meta_step(learner, tasks, torch.optim.Adam(groups))
     for n, p in learner.model.named_parameters():
         if n in filters:
             assert torch.equal(p, filters[n]), n
@@ -121,7 +122,7 @@ def test_ablation_modes_ft_meta_learns_every_weight_and_theta_nothing():
     before = {n: p.detach().clone() for n, p in ft.model.named_parameters()}
     tasks = [type(t)(t.x_support.double(), t.y_support, t.x_query.double(), t.y_query)
              for t in random_image_tasks(2, 2, seed=2, size=16)]
-    ft.meta_step(tasks, torch.optim.Adam(groups))
+    meta_step(ft, tasks, torch.optim.Adam(groups))
     assert not torch.equal(ft.model.features[0][0].weight, before["features.0.0.weight"])   # the filters move
     assert not any(p.requires_grad for p in plain.parameters()) and len(plain.ss_scale) == 0
     ss = _mtl(inner_steps=3)

@@ -22,6 +22,7 @@ apply_strict()
 from metarepro import models, methods
 from metarepro.methods.base import Task
 from metarepro.utils import set_threads
+from metarepro.addons.outer import meta_step
 set_threads(2)
 torch.manual_seed(0)
 m = methods.build("maml", models.build("conv4", (1, 28, 28), 5, filters=16), "classification", inner_lr=0.4)
@@ -30,7 +31,7 @@ g = torch.Generator().manual_seed(1)
 for _ in range(3):
     t = Task(torch.randn(5, 1, 28, 28, generator=g), torch.arange(5), torch.randn(25, 1, 28, 28, generator=g),
              torch.arange(5).repeat_interleave(5))
-    m.meta_step([t], opt)
+    meta_step(m, [t], opt)
 print(describe()["cpu_capability"], hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest())
 """
 

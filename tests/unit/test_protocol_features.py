@@ -79,12 +79,12 @@ def test_protonet_meta_trains_on_train_ways_episodes_and_validates_on_test_ways(
     monkeypatch.setattr(train_mod.datasets, "episodes", spy)
     run = _run(_config(tmp_path, {"ways": 10}, {"protonet": {}}), "protonet", tiny_omniglot, tmp_path / "run")
     sampled = []
-    real_meta_step = type(train_mod.build_learner(run)).meta_step
+    real_meta_step = train_mod.meta_step
 
-    def record(self, tasks, *a, **k):
+    def record(learner, tasks, *a, **k):
         sampled.extend(int(t.y_support.max()) + 1 for t in tasks)
-        return real_meta_step(self, tasks, *a, **k)
-    monkeypatch.setattr(type(train_mod.build_learner(run)), "meta_step", record)
+        return real_meta_step(learner, tasks, *a, **k)
+    monkeypatch.setattr(train_mod, "meta_step", record)
     metatrain(run, progress=False)
     assert ("train", 10) in seen and ("val", 5) in seen
     assert sampled == [10] * 6
@@ -187,7 +187,7 @@ def test_stack_tasks_runs_conv4_meta_batches_stacked_with_the_same_training(tmp_
 
 # ---- CML†: the co-learner predicting at test time -------------------------------------------------------------
 def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_path, tiny_omniglot):
-    from metarepro.evaluate import colearner_score, trained_colearner
+    from metarepro.evaluate import hook_score, test_time_term
     from metarepro.methods.base import tap_outputs
     from metarepro.report import tables
     from metarepro.runtime import load_learner
@@ -199,7 +199,7 @@ def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_pa
     assert len(co["per_episode"]) == 4
     # by hand: the trained co-learner's head on the adapted learner's tapped query features, episode 0
     learner, run_cfg, state = load_learner(tmp_path / "run" / "model.pt")
-    term = trained_colearner(learner, run_cfg, state, "cpu")
+    term = test_time_term(learner, run_cfg, state, "cpu")
     assert torch.equal(term.head[0].weight, state["addons"]["0.head.0.weight"])
     # inference counts the learner's parameters; what was meta-trained adds the co-learner's
     n_learner = sum(p.numel() for p in learner.parameters())
@@ -213,10 +213,10 @@ def test_cml_run_is_also_scored_by_its_colearner_and_tabled_as_cml_dagger(tmp_pa
         adapted(task.x_query)
         pred = term.head(found[term.tap]).argmax(1)
     assert co["per_episode"][0] == pytest.approx(float((pred == task.y_query).float().mean()) * 100.0)
-    assert colearner_score(learner, term, task, learner.eval_inner_steps) == pytest.approx(co["per_episode"][0])
+    assert hook_score(learner, term, task, learner.eval_inner_steps) == pytest.approx(co["per_episode"][0])
     # evaluation reads the co-learner's input from the scored query pass instead of adapting again: the same
     # numbers, bit for bit, as a separate adaptation per episode
-    assert co["per_episode"] == [colearner_score(learner, term, eps.episode(i), learner.eval_inner_steps)
+    assert co["per_episode"] == [hook_score(learner, term, eps.episode(i), learner.eval_inner_steps)
                                  for i in range(4)]
     # the table: a "MAML + CML†" row beside "MAML + CML", paired on the same episodes
     rows = tables.build_rows(tables.with_colearner_rows([ev]), [])[0]

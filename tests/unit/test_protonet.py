@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro.addons.outer import meta_step
 from metarepro.methods import build
 from metarepro.methods.base import Task
 
@@ -111,6 +112,6 @@ def test_meta_step_moves_the_embedding_by_the_hand_gradient():
     (xs, ys, xq, yq), task = _task(seed=4)
     learner = build("protonet", LinearEmbed(W), "classification")
     opt = torch.optim.SGD(learner.parameters(), lr=0.1)
-    learner.meta_step([task], opt)
+    meta_step(learner, [task], opt)
     dW = _hand_protonet(W, xs, ys, xq, yq, 3)[2]
     np.testing.assert_allclose(learner.model.features.weight.detach().numpy(), W - 0.1 * dW, atol=1e-6, rtol=0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from metarepro.addons.outer import meta_step
 from metarepro.data.sinusoid import SinusoidTasks
 from metarepro.methods import build
 from metarepro.methods.base import Task
@@ -35,7 +36,7 @@ def _meta_grads(method, args, tasks, stack):
              for t in tasks]
     assert learner.can_stack(tasks) == stack
     opt = torch.optim.SGD(learner.parameters(), lr=0.0)      # lr 0: keeps the weights, exposes .grad
-    stats = learner.meta_step(tasks, opt)
+    stats = meta_step(learner, tasks, opt)
     return stats, {k: p.grad.clone() for k, p in learner.named_parameters() if p.grad is not None}
 
 
@@ -72,7 +73,7 @@ def test_task_linear_with_per_task_weights_matches_linear_per_task():
 
 # ---- Conv-4: grouped convolutions, per-task batch norm (the Omniglot protocol's meta-batch of 32 small tasks) ----
 def _image_tasks(n=5, queries=2):
-    from tiny import random_image_tasks   # tests/unit/tiny.py
+    from tiny import random_image_tasks  # tests/unit/tiny.py
     return [Task(*(getattr(t, f).double() if t.x_support.dtype.is_floating_point and f.startswith("x") else
                    getattr(t, f) for f in ("x_support", "y_support", "x_query", "y_query")))
             for t in random_image_tasks(n, queries, seed=3, size=16)]
@@ -87,7 +88,7 @@ def _conv_meta_grads(method, args, tasks, stack, terms=()):
     learner.model.stack_tasks = stack
     assert learner.can_stack(tasks) == stack
     opt = torch.optim.SGD(learner.parameters(), lr=0.0)
-    stats = learner.meta_step(tasks, opt, terms=terms)
+    stats = meta_step(learner, tasks, opt, terms=terms)
     return stats, {k: p.grad.clone() for k, p in learner.named_parameters() if p.grad is not None}
 
 
@@ -143,7 +144,7 @@ def test_conv4_stacking_is_off_with_running_statistics_or_tapped_features():
         learner.model.stack_tasks = stack
         term = CoLearner(learner, (1, 16, 16), 5).double()
         opt = torch.optim.SGD(list(learner.parameters()) + list(term.parameters()), lr=0.0)
-        learner.meta_step(tasks, opt, terms=[term])
+        meta_step(learner, tasks, opt, terms=[term])
         return [p.grad.clone() for p in list(learner.parameters()) + list(term.parameters())]
     for a, b in zip(grads(True), grads(False)):
         assert torch.equal(a, b)          # the same per-task loop both times

@@ -1,6 +1,6 @@
 """The add-on kinds' interfaces: task samplers (data.episodes.TaskSampler), meta-gradient aggregators, outer-loss terms.
 
-Add-ons compose with any base method through MetaLearner.meta_step and the training loop, never by subclassing a
+Add-ons compose with any base method through the outer step (metarepro.addons.outer) and the training loop, never by subclassing a
 method: `maml+cml`, `mamlpp+cml+oamfs`, `fomaml+ht` are all the unchanged method plus its add-ons.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class OuterTerm(nn.Module):
     name = "base"
     # True: a control run. The term's own parameters learn as usual, but its gradient on the learner's parameters
     # is replaced, per meta-step, by isotropic Gaussian noise of the same norm, on the parameters that gradient
-    # reaches less the backbone's head: the feature extractor (MetaLearner.meta_gradient)
+    # reaches less the backbone's head: the feature extractor (metarepro.addons.outer)
     noise_control = False
     tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
     # The test-time hook: True when the term can also predict the query labels from the tapped features

@@ -7,7 +7,7 @@ from .base import Aggregator
 
 
 class MeanAggregator(Aggregator):
-    """meta_step computes the mean as sum_i backward(objective_i / T), one task's graph at a time, exactly as the
+    """The outer step (addons.outer.meta_step) computes the mean as sum_i backward(objective_i / T), one task's graph at a time, exactly as the
     pre-add-on code did, so every existing meta-gradient (and number) is unchanged bit for bit."""
 
     name = "mean"

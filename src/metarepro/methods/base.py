@@ -1,4 +1,4 @@
-"""The seams every method plugs into: Task, Learner, MetaLearner (adapt / meta_loss / meta_step).
+"""The seams every method plugs into: Task, Learner, MetaLearner (adapt / outcome / forward_with).
 
 The training loop (metarepro.train) and evaluation (metarepro.evaluate) call only these; they never
 branch on a method's name. Inner loops use torch.func.functional_call on a params dict and
@@ -12,7 +12,8 @@ How the planned methods fit (sketched against these seams before fixing them):
 - MTL: a frozen pretrained `model.features` + meta-learned scale/shift params in the params dict.
 - AMFS: overrides `adapt_trajectory` with a closed-form kernel solve.
 - Meta-LSTM gate values (its Fig. 2): `record_diagnostics` collects them from the trajectory being scored.
-- Add-ons (metarepro.addons) compose with any method through `meta_step` without subclassing it: outer-loss
+- Add-ons (metarepro.addons) compose with any method through the outer step (metarepro.addons.outer) without
+  subclassing it: outer-loss
   terms with their own parameters (CML's co-learner) read each TaskOutcome and its tapped query features,
   gradient aggregators (O-AMFS) combine per-task meta-gradients, and task samplers (the hard-task meta-batch)
   receive every task's TaskResult (loss, metric, per-class accuracy) from the training loop.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ __all__ = ["Task", "TaskResult", "TaskOutcome", "StepStats", "Learner", "ClosedF
 class TaskOutcome:
     """The outer step's view of one adapted task, or of a stack of tasks (Task.stack): the objective with its
     graph, the adapted learner's query output, and the query features that outer-loss terms tap (filled by
-    MetaLearner.meta_step, keyed by module name: e.g. "features" (T, N, d) for the MLP)."""
+    the outer step, metarepro.addons.outer, keyed by module name: e.g. "features" (T, N, d) for the MLP)."""
     loss: Tensor                     # scalar outer objective; for a stack the sum over its tasks
     output: Tensor                   # query predictions (N, ways) or, stacked, (T, N, ...)
     task: Task
@@ -92,11 +93,6 @@ class StepStats(dict):
 
     def add(self, key: str, value: float) -> None:
         self[key] = self.get(key, 0.0) + value
-
-
-def _norm(tensors: Sequence[Tensor]) -> Tensor:
-    """The Euclidean norm of several tensors taken as one vector."""
-    return torch.sqrt(sum((t * t).sum() for t in tensors))
 
 
 @contextlib.contextmanager
@@ -154,7 +150,7 @@ class MetaLearner(nn.Module):
     needs_pretrained = False
     # False: no meta-parameters to learn (baselines); the training loop then runs 0 iterations.
     meta_trainable = True
-    # True: the method's inner loop is elementwise in the parameters, so `meta_step` may run a whole meta-batch
+    # True: the method's inner loop is elementwise in the parameters, so the outer step may run a whole meta-batch
     # as one stacked task (Task.stack) when the backbone accepts per-task weights (`task_batched`, e.g. the
     # sinusoid MLP). Same meta-gradient as the per-task loop up to float rounding, and much faster for tiny MLPs,
     # whose cost is per-op overhead (tests/unit/test_task_batching.py checks the equality for every method).
@@ -167,8 +163,6 @@ class MetaLearner(nn.Module):
         if task_type not in ("classification", "regression"):
             raise ValueError(f"task_type must be classification or regression, got {task_type!r}")
         self.model = model
-        # set by the training loop on the meta-iterations that log gradient diagnostics (train.diagnostics_every)
-        self.grad_diagnostics = False
         self.task_type = task_type
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps if eval_inner_steps is not None else inner_steps)
@@ -276,7 +270,7 @@ class MetaLearner(nn.Module):
     # ---- outer loop ---------------------------------------------------------------------
     def outcome(self, task: Task) -> TaskOutcome:
         """Adapt to the task's support set and score the query set: the outer objective and what the add-ons read
-        (per-task loss, metric, per-class accuracy; the tapped query features are added by `meta_step`).
+        (per-task loss, metric, per-class accuracy; the tapped query features are added by the outer step).
         Methods with another outer objective (MAML++'s multi-step loss) override this."""
         learner = self.adapt(task)
         out = learner(task.x_query)
@@ -297,99 +291,6 @@ class MetaLearner(nn.Module):
         o = self.outcome(task)
         return o.loss, {"loss": float(o.loss.detach()), "metric": self.metric(o.output, task.y_query)}
 
-    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
-                  aggregator: Any = None, terms: Sequence[Any] = ()) -> "StepStats":
-        """One outer update on a meta-batch; the place where the three add-on seams meet.
-
-        1. every task (or one stack of equal-shape tasks, `can_stack`) gives a TaskOutcome, with the query
-           features that the outer-loss `terms` tap;
-        2. its objective is the method's query loss plus sum_k weight_k * term_k(outcome) (e.g. CML's co-learner);
-        3. the `aggregator` combines the per-task gradients of the objectives (None: the mean, computed as today
-           by a backward per task that accumulates, which keeps one task's second-order graph in memory at a time;
-           aggregators with `per_task_gradients` get the (T, P) matrix of per-task gradient vectors instead).
-        Returns the logged stats (means over the tasks) with `.tasks`: one detached TaskResult per task, in order,
-        which the training loop hands to the task sampler.
-        """
-        optimizer.zero_grad(set_to_none=True)
-        params = [p for group in optimizer.param_groups for p in group["params"]]  # meta-parameters, terms' included
-        stats = self.meta_gradient(tasks, params, aggregator, terms)
-        return self.apply_meta_gradient(stats, params, optimizer, grad_clip)
-
-    def meta_gradient(self, tasks: list[Task], params: list[Tensor], aggregator: Any = None,
-                      terms: Sequence[Any] = ()) -> "StepStats":
-        """Steps 1-3 of `meta_step`: fill `.grad` of `params` (zeroed beforehand) with the meta-gradient of the
-        meta-batch; return the stats. Methods that need the meta-gradient at more than one point (Sharp-MAML's
-        perturbed weights) call it more than once before `apply_meta_gradient`."""
-        per_task = aggregator is not None and aggregator.per_task_gradients
-        taps = sorted({t.tap for t in terms if getattr(t, "tap", None)})
-        stack = self.can_stack(tasks) and not per_task and not (taps and not getattr(self.model, "stacked_taps", True))
-        batches = [Task.stack(tasks)] if stack else tasks
-        stats, grads, used = StepStats(), [], set()
-        # the terms' shares of the learner's gradient, kept apart for the noise control and the diagnostics (only
-        # then is the learner's own share of `params` looked up: meta_step runs every iteration of every method)
-        split_terms = [t for t in terms if not per_task and (t.noise_control or self.grad_diagnostics)]
-        own: list[Tensor] = []
-        if split_terms or self.grad_diagnostics:
-            mine = {id(p) for p in self.parameters()}
-            own = [p for p in params if id(p) in mine]
-        split = {t.name: [torch.zeros_like(p) for p in own] for t in split_terms}
-        reached: dict[str, set[int]] = {t.name: set() for t in split_terms}   # own[i] that a term's gradient reaches
-        for batch in batches:
-            with tap_outputs(self.model, taps) as features:
-                o = self.outcome(batch)
-            o.features.update(features)
-            objective = o.loss
-            for term in terms:
-                extra = term(o)                     # summed over a stack's tasks, like o.loss
-                stats.add(f"{term.name}_loss", float(extra.detach()) / len(tasks))
-                if term.name in split:
-                    share = term.weight * extra / len(tasks)
-                    g = torch.autograd.grad(share, own, retain_graph=True, allow_unused=True)
-                    for i, (acc, gi) in enumerate(zip(split[term.name], g)):
-                        if gi is not None:
-                            acc += gi
-                            reached[term.name].add(i)
-                    if term.noise_control:          # the term's own parameters still learn from it
-                        share.backward(inputs=list(term.parameters()), retain_graph=True)
-                        continue
-                objective = objective + term.weight * extra
-            if per_task:
-                g = torch.autograd.grad(objective, params, allow_unused=True)
-                used.update(i for i, gi in enumerate(g) if gi is not None)
-                grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                                        for gi, p in zip(g, params)]))
-            else:
-                (objective / len(tasks)).backward()
-            metric = self.metric(o.output, batch.y_query)   # a stack's: over all its (equal-size) tasks
-            stats.add("loss", float(o.loss.detach()) / len(tasks))
-            stats.add("metric", metric if batch.n_tasks else metric / len(tasks))
-            stats.tasks.extend(o.results(self))
-        for term in terms:
-            if term.name in split and term.noise_control:
-                # the control: in place of the term's gradient, Gaussian noise of the norm that gradient had, on what
-                # it reaches on the feature side: the learner's parameters it reaches, less the backbone's head (which
-                # a co-learner on the features reaches only through the inner loop's second-order terms); drawn from
-                # torch's global RNG, which checkpoints save, so a resumed run is the same
-                head = {id(p) for p in self.model.head.parameters()}
-                idx = sorted(i for i in reached[term.name] if id(own[i]) not in head)
-                noise = [torch.randn_like(own[i]) for i in idx]
-                scale = _norm([split[term.name][i] for i in idx]) / _norm(noise).clamp_min(1e-30) if idx else 0.0
-                for i, z in zip(idx, noise):
-                    p = own[i]
-                    p.grad = z * scale if p.grad is None else p.grad + z * scale
-        if per_task:
-            mine = {id(p) for p in self.parameters()}
-            learner_columns = torch.cat([torch.full((p.numel(),), id(p) in mine, dtype=torch.bool, device=p.device)
-                                         for p in params])
-            combined = aggregator.combine_with(torch.stack(grads), learner_columns)      # (T, P) -> (P,)
-            offset = 0
-            for i, p in enumerate(params):   # a parameter no task's objective reached keeps grad None, as in backward
-                p.grad = combined[offset:offset + p.numel()].view_as(p).clone() if i in used else None
-                offset += p.numel()
-        if self.grad_diagnostics:
-            self._log_gradient_diagnostics(stats, own, split, terms)
-        return stats
-
     def replaced_parameters(self) -> set[str]:
         """Names of backbone parameters (model.named_parameters) that the method replaces by its own and never
         runs, e.g. the batch-norm weights that MAML++'s per-step batch norm swaps for its per-step copies."""
@@ -404,47 +305,22 @@ class MetaLearner(nn.Module):
         """The feature extractor psi: the backbone's parameters outside its `head` (every backbone has one)."""
         return [p for n, p in self.model.named_parameters() if not n.startswith("head.")]
 
-    def _log_gradient_diagnostics(self, stats: "StepStats", own: list[Tensor], split: dict[str, list[Tensor]],
-                                  terms: Sequence[Any]) -> None:
-        """grad_norm_features: the norm of the meta-gradient on psi (all objectives); per term, the norm of its share
-        on psi and the cosine similarity of that share with the rest (the query loss's share)."""
-        feats = {id(p) for p in self.feature_parameters()}
-        idx = [i for i, p in enumerate(own) if id(p) in feats]
-        total = [own[i].grad if own[i].grad is not None else torch.zeros_like(own[i]) for i in idx]
-        stats["grad_norm_features"] = float(_norm(total))
-        for term in terms:
-            if term.name not in split:
-                continue
-            share = [split[term.name][i] for i in idx]
-            # the query loss's share: the total less this term's (under the noise control the total holds noise
-            # instead, so the rest is the learner's own gradient plus that noise)
-            rest = [t - s for t, s in zip(total, share)] if not term.noise_control else total
-            a = torch.cat([g.reshape(-1) for g in share])
-            b = torch.cat([g.reshape(-1) for g in rest])
-            stats[f"{term.name}_grad_norm_features"] = float(a.norm())
-            stats[f"{term.name}_cos_features"] = float(F.cosine_similarity(a, b, dim=0, eps=1e-30))
+    # ---- outer-step hooks (metarepro.addons.outer runs the outer step) ------------------------
+    def outer_gradient(self, gradient: Callable[[], "StepStats"], params: list[Tensor]) -> "StepStats":
+        """Leave the meta-batch's meta-gradient in `.grad` of `params` and return the logged stats: `gradient()`
+        computes it at the current weights. A method that needs it elsewhere (Sharp-MAML's perturbed weights)
+        calls `gradient` more than once."""
+        return gradient()
 
-    def apply_meta_gradient(self, stats: "StepStats", params: list[Tensor], optimizer: torch.optim.Optimizer,
-                            grad_clip: float | None) -> "StepStats":
-        """The update of `meta_step` from the gradients in `.grad`: skipped when one is not finite, else clipped
-        (when asked) and applied by the optimizer."""
-        if not finite_grads(params):
-            # an inner loop diverged on some task of the batch (inf/NaN loss): skip the update instead of writing
-            # NaN into every meta-parameter; the training loop counts and logs skipped steps
-            optimizer.zero_grad(set_to_none=True)
-            stats["skipped"] = 1.0
-            return stats
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip)
-        optimizer.step()
-        return stats
+    def end_meta_step(self) -> None:
+        """Called after each outer update (MAML++ advances its meta-iteration counter)."""
 
     def finite_grads(self) -> bool:
         """Whether every meta-parameter's gradient is finite (no inf/NaN from a diverging inner loop)."""
         return finite_grads(self.parameters())
 
     def can_stack(self, tasks: list[Task]) -> bool:
-        """Whether `meta_step` runs `tasks` as one stacked task (see `task_batching`)."""
+        """Whether the outer step runs `tasks` as one stacked task (see `task_batching`)."""
         model = self.model
         if not (self.task_batching and getattr(model, "task_batched", False) and getattr(model, "stack_tasks", True)
                 and len(tasks) > 1):
@@ -454,7 +330,7 @@ class MetaLearner(nn.Module):
 
     # ---- training-loop hooks (optional) -------------------------------------------------
     def set_iteration(self, iteration: int) -> None:
-        """Called with the 0-based meta-iteration before each meta_step (schedules, e.g. MAML++)."""
+        """Called with the 0-based meta-iteration before each outer step (schedules, e.g. MAML++)."""
 
     def param_groups(self, meta_lr: float) -> list[dict]:
         """The meta-optimizer's parameter groups (default: every trainable parameter at the meta lr; MTL gives its

@@ -16,7 +16,7 @@ MAML plus five fixes, each a constructor flag so the paper's ablation can be rer
 - cosine_annealing (CA): cosine schedule of the meta learning rate, from `make_scheduler`.
 Schedules follow the official code (github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch,
 few_shot_learning_system.py), which counts epochs of `iterations_per_epoch` (500) meta-iterations. The current
-meta-iteration is a buffer (saved in state_dict, so resumed runs continue the schedules); `meta_step` advances
+meta-iteration is a buffer (saved in state_dict, so resumed runs continue the schedules); `end_meta_step` advances
 it and the training loop may also set it with `set_iteration(it)`.
 """
 from __future__ import annotations
@@ -192,15 +192,12 @@ class MAMLpp(MetaLearner):
         assert loss is not None and out is not None
         return TaskOutcome(loss, out, task, per_task)
 
-    def meta_step(self, tasks: list[Task], optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
-                  **addons):
-        stats = super().meta_step(tasks, optimizer, grad_clip, **addons)
+    def end_meta_step(self) -> None:
         self.iteration += 1
-        return stats
 
     # ---- training-loop hooks --------------------------------------------------------------
     def set_iteration(self, iteration: int) -> None:
-        """Current 0-based meta-iteration (drives MSL and DA); meta_step also advances it by one."""
+        """Current 0-based meta-iteration (drives MSL and DA); end_meta_step also advances it by one."""
         self.iteration.fill_(int(iteration))
 
     def make_scheduler(self, optimizer: torch.optim.Optimizer,

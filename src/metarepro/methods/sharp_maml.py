@@ -12,7 +12,7 @@ lower-level SAM on; here `sam_inner: false` is off.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -46,11 +46,10 @@ class SharpMAML(MAML):
         shifted = {k: v + e[k] if k in e else v for k, v in params.items()}
         return super().support_grads(shifted, task, step, create_graph)
 
-    def meta_gradient(self, tasks: list[Task], params: list[Tensor], aggregator: Any = None,
-                      terms: Sequence[Any] = ()) -> StepStats:
+    def outer_gradient(self, gradient: Callable[[], StepStats], params: list[Tensor]) -> StepStats:
         """With `sam_outer`: the meta-gradient at theta + e (e from the meta-gradient at theta) left in `.grad`,
         theta restored; the stats (what is logged) are those at theta."""
-        stats = super().meta_gradient(tasks, params, aggregator, terms)
+        stats = gradient()
         if not self.sam_outer or not finite_grads(params):
             return stats
         moved = {i: p for i, p in enumerate(params) if p.grad is not None}
@@ -61,7 +60,7 @@ class SharpMAML(MAML):
                 p.add_(e[i])
         for p in params:
             p.grad = None
-        super().meta_gradient(tasks, params, aggregator, terms)
+        gradient()
         with torch.no_grad():
             for i, p in moved.items():
                 p.copy_(saved[i])
