@@ -58,4 +58,5 @@ ON_THE_FLY: frozenset[str] = frozenset(c.name for c in _CARDS if c.on_the_fly)
 SYNTHESIZED: frozenset[str] = frozenset(c.name for c in _CARDS if c.synthesized)
 GRAPH: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "graph")
 IMAGE: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "image")
+REGRESSION: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "regression")
 STANDARD_IMAGE_SIZE: dict[str, int] = {c.name: c.image_size for c in _CARDS if c.image_size is not None}

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 
+from ..addon_cards import ADDON_CARDS, ADDON_LABELS, TEST_HOOKS
 from ..cards import cards
 from ..config import MethodName
 from ..dataset_cards import DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
@@ -68,27 +69,18 @@ VARIANT_LABELS: dict[str, str] = {
 # beside MAML at its own paper's protocol under the plain name); labelled "<method label> (<protocol>)".
 PROTOCOL_TAGS: dict[str, str] = {"cmlp": "CML protocol"}
 NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
-# Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
-MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
+# Add-ons compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML". Their labels,
+# and those of the test-time hooks' rows (`maml+cml_dagger`: "MAML + CML†"), are the add-on cards'; a name without a
+# card (written by hand) is printed in capitals.
+MODIFIER_LABELS: dict[str, str] = ADDON_LABELS
 # What the add-ons' papers leave open and we chose (the code's docstrings say the same at more length), printed under
-# every table with a run that uses the add-on.
-ADDON_CHOICES: dict[str, str] = {
-    "ht": "The official code never released the hard-task meta-batch; our reading of the paper: after each "
-          "ordinary meta-batch, each task's class with the lowest query accuracy after adaptation (ties: the "
-          "lowest label) joins a pool; once the pool holds N distinct classes, the next meta-iteration trains on "
-          "a hard meta-batch (as many tasks as the ordinary one) of N classes drawn from the pool with fresh "
-          "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined.",
-    "oamfs": "No code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
-             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0); with "
-             "CML, the cosines use the learner's parameters only and the weights apply to the co-learner's too.",
-    "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
-           "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
-           "weight γ = 1 and its own Adam at 1e-3; on a vector feature (the sinusoid MLP's last hidden layer, the "
-           "GNN's centre-node embedding) it is a small MLP. On "
-           "methods that embed support and query in one pass (ProtoNet, Matching Networks, AMFS, MTL) it reads that "
-           "pass's query rows; for MTL, the frozen pretrained backbone's feature map under the meta-learned scaling "
-           "and shifting, so its gradient reaches MTL's scales and shifts, not the frozen weights.",
-}
+# every table with a run that uses the add-on: the add-on cards' `choices`.
+ADDON_CHOICES: dict[str, str] = {n: c.choices for n, c in ADDON_CARDS.items() if c.choices}
+# The add-ons with a noise-matched control, and the names of their test-time rows: `<method>@noise+cml` with
+# `addons: {cml: {control: noise}}` is CML's control, labelled after the add-on's card
+_NOISE_CONTROLLED: dict[str, str] = {**{c.name: c.name for c in ADDON_CARDS.values() if c.noise_control},
+                                     **{c.test_name: c.name for c in ADDON_CARDS.values()
+                                        if c.noise_control and c.test_name}}
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
                                               "Matching Networks FCE": ("Matching Network FCE",)}
@@ -114,11 +106,14 @@ def method_label(method: str) -> str:
     if name.train_shots is not None:
         return f"{method_label(str(name.with_train_shots(None)))} ({name.train_shots}-shot meta-training)"
     mods = name.addons
-    if name.tag == NOISE_TAG and ("cml" in mods or "cml_dagger" in mods):
-        # CML's noise-matched control: the co-learner trains, the learner gets noise of its gradient's norm instead
-        rest = MethodName(name.base, addons=tuple(m for m in mods if m not in ("cml", "cml_dagger")))
-        return (method_label(str(rest)) + " + noise of CML's norm (control)"
-                + (", scored by its co-learner (CML†)" if "cml_dagger" in mods else ""))
+    controlled = [m for m in mods if m in _NOISE_CONTROLLED]
+    if name.tag == NOISE_TAG and controlled:
+        # a term's noise-matched control (CML's): the term trains, the learner gets noise of its gradient's norm
+        rest = MethodName(name.base, addons=tuple(m for m in mods if m not in _NOISE_CONTROLLED))
+        term = ADDON_CARDS[_NOISE_CONTROLLED[controlled[0]]]
+        scored = [m for m in controlled if m == term.test_name]
+        return (method_label(str(rest)) + f" + noise of {term.label}'s norm (control)"
+                + (f", scored by {term.test_scorer} ({term.test_label})" if scored else ""))
     if name.variant in VARIANT_LABELS:
         label = VARIANT_LABELS[name.variant]
     else:
@@ -675,19 +670,22 @@ def numerics_note(evals: list[dict]) -> str:
 
 
 def with_colearner_rows(evals: list[dict]) -> list[dict]:
-    """Each evaluation plus, for a run with CML's co-learner, its CML† row: the `colearner` scores of eval.json
-    (the co-learner predicting on the same episodes) as an evaluation of method `<method>+cml_dagger`."""
+    """Each evaluation plus, for a run with an outer-loss term that predicts at test (CML's co-learner), that term's
+    row: the scores under the card's `eval_key` in eval.json (`colearner`: the co-learner predicting on the same
+    episodes) as an evaluation of method `<method>+<test_name>` (`maml+cml_dagger`, labelled "MAML + CML†")."""
     out = []
     for ev in evals:
         out.append(ev)
-        co = ev.get("colearner")
-        if isinstance(co, dict) and isinstance(co.get("per_episode"), list):
-            name = MethodName.read(str(ev["run"]["method"]))
-            method = str(name.with_addons("cml_dagger" if a == "cml" else a for a in name.addons))
+        name = MethodName.read(str(ev["run"]["method"]))
+        for hook in [TEST_HOOKS[a] for a in name.addons if a in TEST_HOOKS]:
+            co = ev.get(hook.eval_key)
+            if not (isinstance(co, dict) and isinstance(co.get("per_episode"), list)):
+                continue
+            method = str(name.with_addons(hook.test_name if a == hook.name else a for a in name.addons))
             steps = str(ev.get("inner_steps", max(_steps(ev), default=0)))
             out.append({**ev, "run": {**ev["run"], "method": method}, "mean": co["mean"], "ci95": co["ci95"],
                         "std": co.get("std", 0.0), "per_episode": co["per_episode"],
-                        "by_step": {steps: {"mean": co["mean"], "ci95": co["ci95"]}}, "colearner": None})
+                        "by_step": {steps: {"mean": co["mean"], "ci95": co["ci95"]}}, hook.eval_key: None})
     return out
 
 
