@@ -22,7 +22,8 @@ import numpy as np
 from ..addon_cards import ADDON_CARDS, ADDON_LABELS, TEST_HOOKS
 from ..cards import cards
 from ..config import MethodName
-from ..dataset_cards import DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
+from ..dataset_cards import (DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, FULL_IMAGES_PER_CLASS,
+                             GRAPH as GRAPH_DATASETS, REGRESSION)
 from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
                      seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
@@ -92,7 +93,8 @@ PAPER_EXACT: dict[str, tuple[str, ...]] = {
     "FT (pretrained backbone meta-learned) + HT": ("MAML deep + HT (FT, ResNet-12 pre)",),
     "theta only (no meta-learning)": ("update theta only (no meta-learning)",)}
 
-REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
+# paired comparisons are made against this method: the method card that sets `reference`
+REFERENCE_METHOD = next(n for n, c in cards().items() if c.reference)
 DASH = "—"
 
 
@@ -133,7 +135,7 @@ def backbone_label(run: dict) -> str:
 
 
 def setting_label(dataset: str, ways: int | None, shots: int) -> str:
-    return f"{shots}-shot" if dataset == "sinusoid" else f"{ways}-way {shots}-shot"
+    return f"{shots}-shot" if dataset in REGRESSION else f"{ways}-way {shots}-shot"
 
 
 def _sort_key_method(method: str) -> tuple:
@@ -243,9 +245,9 @@ def paired_vs_reference(g: Group, ref: Group) -> Comparison | None:
     return compare_seeds(pairs) if pairs else None
 
 
-# Datasets whose mirror (or a user's copy) may be a subset: their prepared meta.json tells the images per class of the
-# train split, and a number published on the full dataset is not compared with a run on a subset.
-FULL_IMAGES_PER_CLASS = {"miniimagenet": 600}
+# FULL_IMAGES_PER_CLASS (dataset cards): datasets whose mirror (or a user's copy) may be a subset: their prepared
+# meta.json tells the images per class of the train split, and a number published on the full dataset is not compared
+# with a run on a subset.
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,7 +282,7 @@ def run_setup(ev: dict) -> dict:
     bargs = run.get("backbone_args") or {}
     return {"family": str(run.get("backbone", "?")), "backbone": backbone_label(run),
             "extra": ", ".join(k for k in ("extra_blocks", "branch") if bargs.get(k)),
-            "image_size": None if dataset == "sinusoid" else (inp.get("crop") or args.get("image_size")
+            "image_size": None if dataset in REGRESSION else (inp.get("crop") or args.get("image_size")
                                                               or STANDARD_IMAGE_SIZE.get(dataset)),
             "variant": _data_variant(dataset, str(run.get("data_dir") or f"data/{dataset}")),
             "train_ways": int((run.get("train") or {}).get("ways") or run["ways"]), "train_shots": train_shots}
@@ -301,7 +303,7 @@ def setup_differences(setup: dict, p: PaperRow) -> list[str]:
         out.append(f"{p.size}×{p.size} images; ours {setup['image_size']}×{setup['image_size']}")
     if p.variant != setup["variant"]:
         out.append(f"{p.variant} dataset; ours {setup['variant']}")
-    if p.dataset != "sinusoid" and (p.train_ways or p.ways) != setup["train_ways"]:
+    if p.dataset not in REGRESSION and (p.train_ways or p.ways) != setup["train_ways"]:
         out.append(f"meta-trained {p.train_ways or p.ways}-way; ours {setup['train_ways']}-way")
     if (p.train_shots or p.shots) != setup["train_shots"] and not p.method.endswith("-shot meta-training)"):
         out.append(f"meta-trained at {p.train_shots or p.shots} shots; ours {setup['train_shots']}")
@@ -316,7 +318,7 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
     for p in paper:
         if p.dataset != g.dataset or p.shots != g.shots or p.metric != g.metric:
             continue
-        if g.dataset != "sinusoid" and p.ways != g.ways:
+        if g.dataset not in REGRESSION and p.ways != g.ways:
             continue
         if g.label in PAPER_EXACT:
             # published rows named otherwise, which must not take the parenthesised-variant match
@@ -410,7 +412,7 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
     rows = []
     for g in groups:
         its, mb, prof, budget = _budget(g.evals)
-        sinus = g.dataset == "sinusoid"
+        sinus = g.dataset in REGRESSION
         ref = reference(g)
         pair = paired_vs_reference(g, ref) if ref is not None and ref is not g else None
         # sinusoid paper numbers are one-inner-step MSEs (Meta-SGD Table 1): compare with by_step[1]
@@ -557,7 +559,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
         parts += ["_No evaluation results were given._", ""]
     sections: dict[tuple[str, bool], list[dict]] = {}
     for r in rows:
-        sections.setdefault((r["metric"], r["dataset"] == "sinusoid"), []).append(r)
+        sections.setdefault((r["metric"], r["dataset"] in REGRESSION), []).append(r)
     for (metric, sinus), rs in sections.items():
         if len(sections) > 1:
             parts += [f"## {'Sinusoid regression (MSE, lower is better)' if sinus else metric.capitalize()}", ""]
@@ -565,7 +567,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
 
     notes = ["## Notes", ""]
     episodes = _join_unique(r["episodes"] for r in rows) or "?"
-    queries = _join_unique(r["queries"] for r in rows if r["dataset"] != "sinusoid")
+    queries = _join_unique(r["queries"] for r in rows if r["dataset"] not in REGRESSION)
     notes.append(f"- **Protocol.** Each run is evaluated on {episodes} fixed test episodes"
                  + (f" ({queries} query examples per class)" if queries else "")
                  + ", the same episode set for every method of a setting (column `episode_set` of the CSV). "
@@ -600,7 +602,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                      "this test evaluation, on the machine that ran them (`numerics` in each eval.json names the "
                      "CPU); the profile's jobs ran in parallel, one thread each. Columns `train_wall_s`, "
                      "`test_wall_s` of the CSV.")
-    if any(r["dataset"] == "sinusoid" for r in rows):
+    if any(r["dataset"] in REGRESSION for r in rows):
         notes.append("- **Sinusoid.** The published sinusoid numbers (Li et al. 2017, Meta-SGD Table 1) are MSEs "
                      "after one inner step, so `Ours − paper` and `Paper in our CI` use our MSE after 1 inner "
                      "step (`by_step[1]`); `Ours, K steps` is after the final test-time step. Rows labelled "
