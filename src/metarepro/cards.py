@@ -12,7 +12,8 @@ from . import yaml_io
 
 CARDS_PATH = Path(__file__).resolve().parent / "method_cards.yaml"
 FLAGS = {"gradient_based": False, "needs_pretrained": False, "meta_trainable": True, "any_train_ways": False,
-         "classification_only": False, "on_graphs": False, "graph_only": False}
+         "classification_only": False, "on_graphs": False, "graph_only": False, "reference": False,
+         "records_gates": False}
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class MethodCard:
     classification_only: bool = False     # compares class prototypes or attends over labels: no regression
     on_graphs: bool = False     # runs on node-classification datasets (the GNN backbone; tested there)
     graph_only: bool = False    # defined for graphs only (G-Meta, AMM-GNN): refused on image and regression data
+    reference: bool = False     # the method every other is compared with, pair-wise on the same episodes (one card)
+    records_gates: bool = False     # evaluation records its learned gates per inner step (the gates figure reads them)
     # settings that validate one by one but cannot mean what the label says together: each a Python expression over
     # the hyperparameters (defaults filled in) that must hold, and the message that says why and what to change
     constraints: tuple[dict, ...] = ()

@@ -19,9 +19,11 @@ import yaml
 from jsonschema import Draft7Validator, validators
 
 from . import yaml_io
+from .addon_cards import ADDON_CARDS, ADDON_KINDS, GRAPH_ADDONS
 from .cards import card, cards, with_flag
 from .report_cards import FIGURE_CARDS
-from .dataset_cards import DATASET_CARDS, DATASET_ORDER, GRAPH as GRAPH_DATASETS, IMAGE as IMAGE_DATASETS
+from .dataset_cards import (DATASET_CARDS, DATASET_ORDER, GRAPH as GRAPH_DATASETS, IMAGE as IMAGE_DATASETS,
+                            ON_THE_FLY as ON_THE_FLY_DATASETS, REGRESSION as REGRESSION_DATASETS)
 from .classes import concept_overlap, overlap_error, same_collection, split_class_names
 from .utils import MetareproError
 
@@ -48,10 +50,10 @@ VARIANT_SEP = "@"
 # Add-ons compose with any base method and are named after it: `<method>[@<tag>][+<addon>...]`, e.g. `maml+cml`,
 # `mamlpp+cml+oamfs`, `pamela@q_shared+ht`. The same string names the run's results folder
 # (results/{dataset}/maml+cml/...) and its report label ("MAML + CML"); the add-ons' hyperparameters sit in the
-# method's block under `addons: {cml: {...}}`. A torch-free copy of the add-on registries (metarepro.addons;
-# tests/unit/test_addons.py checks they agree): name -> kind. A run has at most one sampler and one aggregator.
+# method's block under `addons: {cml: {...}}`. ADDON_KINDS (name -> kind) comes from the add-on cards
+# (metarepro.addon_cards; tests/unit/test_addons.py checks they agree with the registries of metarepro.addons).
+# A run has at most one sampler and one aggregator.
 ADDON_SEP = "+"
-ADDON_KINDS: dict[str, str] = {"ht": "sampler", "oamfs": "aggregator", "cml": "term"}
 # Methods with nothing to meta-train (the pretrained baselines): no outer loss, so no add-on applies to them.
 NOT_META_TRAINED: frozenset[str] = frozenset(cards()) - with_flag("meta_trainable")
 # Methods whose predictions do not depend on a ways-sized head, so they may meta-train with more ways than they
@@ -61,8 +63,8 @@ ANY_TRAIN_WAYS: frozenset[str] = with_flag("any_train_ways")
 CLASSIFICATION_ONLY: frozenset[str] = with_flag("classification_only")
 ON_GRAPHS: frozenset[str] = with_flag("on_graphs")
 GRAPH_ONLY: frozenset[str] = with_flag("graph_only")
-GRAPH_ADDONS = frozenset({"cml"})    # add-ons tested on node classification (the hard-task sampler's re-drawn
-                                     # classes may span graphs; O-AMFS is untested there)
+# GRAPH_ADDONS (addon_cards): the add-ons tested on node classification (the hard-task sampler's re-drawn classes
+# may span graphs; O-AMFS is untested there)
 TRAIN_SHOTS_SEP = "~train"   # report-side suffix, `maml~train5`: a run meta-trained at 5 shots, tested at others
 _METHOD_NAME = re.compile(r"^(?P<base>[a-z0-9_]+)(?:@(?P<tag>[a-z0-9_]+))?(?P<addons>(?:\+[a-z0-9_]+)*)"
                           r"(?:~train(?P<train_shots>[0-9]+))?$")
@@ -149,18 +151,23 @@ def addon_problems(where: str, method: str, hp: dict, dataset: str) -> list[str]
                             f"name the run {method}{ADDON_SEP}{a} to use it")
     blocks = (hp or {}).get("addons") or {}
     aggregators = [a for a in addons if ADDON_KINDS.get(a) == "aggregator"]
-    if aggregators and "cml" in addons and (blocks.get("cml") or {}).get("control") == "noise":
-        # the control swaps the learner's share of the term's gradient for noise after aggregation; an aggregator
-        # that weighs per-task gradients never sees that share apart (metarepro.addons.build refuses it too)
-        problems.append(f"'{where}': method {method!r} combines the aggregator {aggregators[0]!r} with CML's noise "
-                        f"control (addons.cml.control: noise), which needs the mean meta-gradient; drop one of them")
+    for a in addons:
+        control = ADDON_CARDS[a].noise_control if a in ADDON_KINDS else {}
+        if aggregators and control and all((blocks.get(a) or {}).get(k) == v for k, v in control.items()):
+            # the control swaps the learner's share of the term's gradient for noise after aggregation; an
+            # aggregator that weighs per-task gradients never sees that share apart (metarepro.addons.build refuses
+            # it too)
+            setting = ", ".join(f"addons.{a}.{k}: {v}" for k, v in control.items())
+            problems.append(f"'{where}': method {method!r} combines the aggregator {aggregators[0]!r} with "
+                            f"{ADDON_CARDS[a].label}'s noise control ({setting}), which needs the mean "
+                            "meta-gradient; drop one of them")
     for a in addons:
         if a in ADDON_KINDS and base in NOT_META_TRAINED:
             problems.append(f"'{where}': add-on {a!r} ({ADDON_KINDS[a]}) cannot work with method {base!r}: "
                             f"{base} has nothing to meta-train, so no outer loss or meta-batch to act on")
-        if ADDON_KINDS.get(a) == "sampler" and dataset == "sinusoid":
-            problems.append(f"'{where}': add-on {a!r} (hard-task sampler) cannot work with method {method!r} on "
-                            "dataset 'sinusoid': regression tasks have no classes to re-sample")
+        if a in ADDON_KINDS and ADDON_CARDS[a].needs_classes and dataset in REGRESSION_DATASETS:
+            problems.append(f"'{where}': add-on {a!r} ({ADDON_CARDS[a].label}, a {ADDON_CARDS[a].kind} that re-samples classes) cannot work with method "
+                            f"{method!r} on dataset {dataset!r}: regression tasks have no classes to re-sample")
     return problems
 
 
@@ -181,6 +188,11 @@ def _schema() -> dict:
         ref = {"$ref": f"#/$defs/method_{name}"}
         methods["properties"][name] = ref
         methods["patternProperties"][f"^{name}(@[a-z0-9_]+)?(\\+[a-z0-9_]+)*$"] = ref
+    # each add-on's settings under a method's `addons:`, from the add-on cards
+    schema["$defs"]["addons"] = {"type": "object", "additionalProperties": False,
+                                 "properties": {a: {"$ref": f"#/$defs/addon_{a}"} for a in ADDON_KINDS}}
+    for a in ADDON_KINDS:
+        schema["$defs"][f"addon_{a}"] = ADDON_CARDS[a].schema()
     # a dataset's pretraining settings per backbone (`backbones: {resnet12: {optimizer: sgd, ...}}`): the same keys
     # without defaults, so that an override names only what differs from the dataset's block
     pre = schema["$defs"]["pretrain"]
@@ -332,10 +344,14 @@ def _check_cross_references(cfg: dict, source: str) -> None:
     problems = []
     seen: dict[tuple, str] = {}
     for name, exp in cfg["experiments"].items():
-        if exp["dataset"] == "sinusoid" and exp["backbone"] != "mlp":
-            problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: sinusoid needs backbone 'mlp'")
-        if exp["dataset"] != "sinusoid" and exp["backbone"] == "mlp":
-            problems.append(f"'experiments.{name}.backbone' = 'mlp' only fits dataset 'sinusoid'")
+        # the dataset card's kind, not its name, decides: regression (the sinusoid) is 1-way on an MLP
+        regression, on_the_fly = exp["dataset"] in REGRESSION_DATASETS, exp["dataset"] in ON_THE_FLY_DATASETS
+        if regression and exp["backbone"] != "mlp":
+            problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: {exp['dataset']} needs backbone "
+                            "'mlp'")
+        if not regression and exp["backbone"] == "mlp":
+            problems.append(f"'experiments.{name}.backbone' = 'mlp' only fits regression datasets "
+                            f"({', '.join(repr(d) for d in sorted(REGRESSION_DATASETS))})")
         graph = exp["dataset"] in GRAPH_DATASETS
         if graph != (exp["backbone"] == "gnn"):
             problems.append(f"'experiments.{name}.backbone' = {exp['backbone']!r}: " + (
@@ -355,18 +371,18 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                                 f"those that do: {', '.join(sorted(GRAPH_ADDONS))}")
         if graph and exp.get("input"):
             problems.append(f"'experiments.{name}.input': dataset {exp['dataset']!r} has no images to crop")
-        if exp["dataset"] == "sinusoid" and exp["ways"] != 1:
-            problems.append(f"'experiments.{name}.ways' = {exp['ways']}: sinusoid regression has ways = 1")
-        if exp["dataset"] != "sinusoid" and exp["ways"] < 2:
+        if regression and exp["ways"] != 1:
+            problems.append(f"'experiments.{name}.ways' = {exp['ways']}: {exp['dataset']} regression has ways = 1")
+        if not regression and exp["ways"] < 2:
             problems.append(f"'experiments.{name}.ways' = {exp['ways']} is invalid: classification needs >= 2 ways")
         labels_only = sorted(m for m in exp["methods"] if MethodName.parse(m).base in CLASSIFICATION_ONLY)
-        if labels_only and exp["dataset"] == "sinusoid":
+        if labels_only and regression:
             problems.append(f"'experiments.{name}.methods': {', '.join(labels_only)} classify by the support's "
-                            f"classes; dataset 'sinusoid' is regression")
+                            f"classes; dataset {exp['dataset']!r} is regression")
         needs = sorted(m for m in exp["methods"] if MethodName.parse(m).base in PRETRAINED_METHODS)
-        if needs and exp["dataset"] == "sinusoid":
+        if needs and regression:
             problems.append(f"'experiments.{name}.methods': {', '.join(needs)} need(s) a pretrained classifier; "
-                            f"dataset 'sinusoid' has no classes to pretrain on")
+                            f"dataset {exp['dataset']!r} has no classes to pretrain on")
         for where, block in [("train", exp["train"])] + [(f"train_overrides.{k}", v)
                                                           for k, v in exp["train_overrides"].items()]:
             tw = block.get("ways")
@@ -375,13 +391,14 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                 problems.append(f"'experiments.{name}.{where}.ways' = {tw} differs from ways = {exp['ways']}, but "
                                 f"{', '.join(fixed)} classify with a {exp['ways']}-way head that cannot train on "
                                 f"{tw}-way episodes; only {', '.join(sorted(ANY_TRAIN_WAYS))} can")
-        if exp.get("tasks") and exp["dataset"] != "sinusoid":
-            problems.append(f"'experiments.{name}.tasks': only a generated dataset (sinusoid) has a task distribution "
-                            f"to set; dataset {exp['dataset']!r} reads its prepared data")
+        if exp.get("tasks") and not on_the_fly:
+            problems.append(f"'experiments.{name}.tasks': only a generated dataset "
+                            f"({', '.join(sorted(ON_THE_FLY_DATASETS))}) has a task distribution to set; dataset "
+                            f"{exp['dataset']!r} reads its prepared data")
         if exp.get("input"):
             inp, size = exp["input"], dataset_args(cfg, exp["dataset"]).get("image_size")
-            if exp["dataset"] == "sinusoid":
-                problems.append(f"'experiments.{name}.input': dataset 'sinusoid' has no images to crop")
+            if regression:
+                problems.append(f"'experiments.{name}.input': dataset {exp['dataset']!r} has no images to crop")
             elif inp["crop"] > inp.get("resize", size or inp["crop"]):
                 problems.append(f"'experiments.{name}.input.crop' = {inp['crop']} exceeds the "
                                 + (f"resize {inp['resize']}" if "resize" in inp else f"image size {size}"))
@@ -399,6 +416,16 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                                     f"{key[0]}, method {m}, {key[2]}-way {k}-shot: rename or remove one")
                 seen[key] = name
         problems += _cross_domain_problems(name, exp)
+    # an experiment that no report lists is trained and tested (rule all builds every run's evaluations) but shown
+    # in no table: with reports configured, that is a report entry forgotten, not a choice. A config without any
+    # report (runs only) is left as it is.
+    listed = {e for rep in (cfg.get("reports") or {}).values() for e in rep["experiments"]}
+    if cfg.get("reports"):
+        for name in cfg["experiments"]:
+            if name not in listed:
+                problems.append(f"'experiments.{name}': no report lists this experiment, so no table would show "
+                                f"its runs; add it to a report's `experiments` (reports: {', '.join(cfg['reports'])}) "
+                                "or remove it")
     for rname, rep in cfg.get("reports", {}).items():
         for e in rep["experiments"]:
             if e not in cfg["experiments"]:
@@ -425,8 +452,8 @@ def _cross_domain_problems(name: str, exp: dict) -> list[str]:
     problems = []
     for i, target in enumerate(exp.get("cross_domain") or []):
         where, dst = f"experiments.{name}.cross_domain.{i}", target["dataset"]
-        if exp["dataset"] == "sinusoid":
-            problems.append(f"'{where}': sinusoid regression runs cannot be tested on an image dataset")
+        if exp["dataset"] in REGRESSION_DATASETS:
+            problems.append(f"'{where}': {exp['dataset']} regression runs cannot be tested on an image dataset")
             continue
         if dst == exp["dataset"]:
             problems.append(f"'{where}.dataset' = {dst!r} is the experiment's own dataset (its eval.json)")
@@ -680,6 +707,12 @@ def dataset_args(cfg: dict, dataset: str) -> dict:
     return dict(cfg["datasets"].get(dataset) or _dataset_defaults(dataset))
 
 
+# The smallest valid config, to read the schema's defaults of one block: the first image dataset and the first method
+# of the cards on a Conv-4 (which ones does not matter, only that they validate)
+_PLACEHOLDER_EXPERIMENT = {"dataset": next(d for d in DATASET_ORDER if d in IMAGE_DATASETS), "backbone": "conv4",
+                           "ways": 5, "shots": [1], "methods": {next(iter(cards())): {}}}
+
+
 def _pretrain_defaults(dataset: str) -> dict:
     """Defaults of a dataset's `pretrain:` block when the config does not mention the dataset."""
     return copy.deepcopy(_pretrain_defaults_cached(dataset))
@@ -687,8 +720,7 @@ def _pretrain_defaults(dataset: str) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _pretrain_defaults_cached(dataset: str) -> dict:
-    cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": {
-        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    cfg = validate_config({"pretrain": {dataset: {}}, "experiments": {"x": _PLACEHOLDER_EXPERIMENT}})
     return cfg["pretrain"][dataset]
 
 
@@ -699,8 +731,7 @@ def _dataset_defaults(dataset: str) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _dataset_defaults_cached(dataset: str) -> dict:
-    cfg = validate_config({"datasets": {dataset: {}}, "experiments": {"x": {
-        "dataset": "omniglot", "backbone": "conv4", "ways": 5, "shots": [1], "methods": {"maml": {}}}}})
+    cfg = validate_config({"datasets": {dataset: {}}, "experiments": {"x": _PLACEHOLDER_EXPERIMENT}})
     return cfg["datasets"][dataset]
 
 
@@ -755,8 +786,8 @@ def iter_cross_domain(cfg: dict, experiments: Iterable[str] | None = None) -> li
 
 def experiment_gpus(cfg: dict, experiment: str) -> int:
     """GPUs a training or evaluation job of `experiment` asks for: its own `gpu`, else the top-level `gpu` for
-    image datasets and 0 for sinusoid (data preparation and reports never ask for one)."""
+    image datasets and 0 for regression (the sinusoid: a tiny MLP; data preparation and reports never ask for one)."""
     exp = cfg["experiments"][experiment]
     if exp.get("gpu") is not None:
         return int(exp["gpu"])
-    return 0 if exp["dataset"] == "sinusoid" else int(cfg.get("gpu", 0))
+    return 0 if exp["dataset"] in REGRESSION_DATASETS else int(cfg.get("gpu", 0))

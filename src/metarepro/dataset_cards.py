@@ -22,6 +22,9 @@ class DatasetCard:
     image_size: int | None = None   # the standard image size that published numbers use
     note: str = ""                  # what a reader of a table with this dataset must know (printed under it)
     options: str = "dataset_plain"  # the config schema's $def of its `datasets:` block (metarepro.config.load_schema)
+    # images per class of the full dataset, where a copy (the mirror's) may be a subset: a run on a subset is not
+    # compared with numbers published on the full dataset (its prepared meta.json says which it is)
+    full_images_per_class: int | None = None
 
 
 _SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the paper's description and its authors' "
@@ -36,7 +39,8 @@ _CARDS = (
     DatasetCard("omniglot", "Omniglot", "image", 4000, image_size=28, options="dataset_omniglot"),
     DatasetCard("cifarfs", "CIFAR-FS", "image", 6000, image_size=32),
     DatasetCard("fc100", "FC100", "image", 6000, image_size=32),
-    DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84, options="dataset_sized"),
+    DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84, options="dataset_sized",
+                full_images_per_class=600),
     DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84,
                 options="dataset_sized"),
     DatasetCard("cub", "CUB", "image", 12000, image_size=84, options="dataset_sized"),
@@ -58,4 +62,7 @@ ON_THE_FLY: frozenset[str] = frozenset(c.name for c in _CARDS if c.on_the_fly)
 SYNTHESIZED: frozenset[str] = frozenset(c.name for c in _CARDS if c.synthesized)
 GRAPH: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "graph")
 IMAGE: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "image")
+REGRESSION: frozenset[str] = frozenset(c.name for c in _CARDS if c.kind == "regression")
+FULL_IMAGES_PER_CLASS: dict[str, int] = {c.name: c.full_images_per_class for c in _CARDS
+                                          if c.full_images_per_class is not None}
 STANDARD_IMAGE_SIZE: dict[str, int] = {c.name: c.image_size for c in _CARDS if c.image_size is not None}

@@ -20,8 +20,8 @@ class FigureCard:
     reads: tuple[str, ...]       # the files of each run the figure reads
     run_dirs: bool               # the renderer takes run directories (else the `reads` files themselves)
     caption: str                 # the Snakemake report's caption, after "Report <name>:"
-    only_dataset: str = ""       # only the report's runs on this dataset
-    only_method: str = ""        # only the report's runs of this registered method (its variants included)
+    only_kind: str = ""          # only the report's runs on datasets of this kind (the dataset cards' `kind`)
+    only_flag: str = ""          # only the report's runs of methods whose card sets this flag (variants included)
     paper: bool = False          # also reads the published numbers (config/paper_results.csv)
 
 
@@ -39,11 +39,11 @@ FIGURE_CARDS: dict[str, FigureCard] = {c.kind: c for c in (
                caption="test accuracy (or MSE) as a function of the number of inner-loop adaptation steps at test "
                        "time, per method and setting, with 95% confidence intervals over the fixed evaluation "
                        "episodes."),
-    FigureCard("fits", "sinusoid_fits", ("eval.json",), False, only_dataset="sinusoid",
+    FigureCard("fits", "sinusoid_fits", ("eval.json",), False, only_kind="regression",
                caption="sinusoid regression after adapting on K support points (Finn et al. 2017, Fig. 2): the true "
                        "function, the support points, and each method's prediction before and after its inner-loop "
                        "steps."),
-    FigureCard("gates", "gates", ("eval.json",), False, only_method="metalstm",
+    FigureCard("gates", "gates", ("eval.json",), False, only_flag="records_gates",
                caption="Meta-LSTM's input gate (the learned learning rate) and forget gate (the learned shrinkage) "
                        "at each inner step, averaged over all learner parameters, with 95% confidence intervals over "
                        "the first ``curve_episodes`` test episodes; one line per run, e.g. 1-shot vs 5-shot (cf. "

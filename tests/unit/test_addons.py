@@ -2,6 +2,7 @@
 references to 1e-6, and bit-for-bit equality with the pre-add-on meta-step where the issue asks for it)."""
 import copy
 import csv
+import inspect
 import math
 
 import numpy as np
@@ -15,15 +16,10 @@ from metarepro.addons.cml import CoLearner
 from metarepro.addons.ht import HardTaskSampler, failure_class
 from metarepro.addons.mean import MeanAggregator
 from metarepro.addons.oamfs import CosineAggregator, cosine_weights
+from metarepro.addon_cards import ADDON_CARDS
 from metarepro.addons.outer import meta_step
-from metarepro.config import (
-    ADDON_KINDS,
-    NOT_META_TRAINED,
-    MethodName,
-    RunConfig,
-    load_config,
-    resolve_run,
-)
+from metarepro.config import (ADDON_KINDS, MethodName, NOT_META_TRAINED, RunConfig, load_config, load_schema,
+                              resolve_run)
 from metarepro.data.episodes import SinusoidEpisodes, TaskSampler
 from metarepro.data.sinusoid import SinusoidTasks
 from metarepro.data.store import load_split, write_dataset
@@ -59,10 +55,26 @@ def frozen_opt(params):
 
 # ---- registries -----------------------------------------------------------------------------------------------
 
-def test_addon_names_equal_registries_and_method_grammar():
-    reg = {**{k: "sampler" for k in addons.SAMPLERS if k != "uniform"},
-           **{k: "aggregator" for k in addons.AGGREGATORS if k != "mean"}, **{k: "term" for k in addons.TERMS}}
-    assert ADDON_KINDS == reg
+def test_addon_cards_equal_registries_and_method_grammar():
+    """The add-on cards (torch-free) and the registries (torch) name the same add-ons with the same kinds, defaults
+    and test-time hooks; ADDON_KINDS, the names a method name may carry, are the cards' add-ons less the defaults."""
+    registries = {"sampler": addons.SAMPLERS, "aggregator": addons.AGGREGATORS, "term": addons.TERMS}
+    assert {n: c.kind for n, c in ADDON_CARDS.items()} == {n: k for k, reg in registries.items() for n in reg}
+    assert ADDON_KINDS == {n: c.kind for n, c in ADDON_CARDS.items() if not c.default}
+    assert {n for n, c in ADDON_CARDS.items() if c.default} == {addons.AddOns().sampler,
+                                                                addons.AddOns().aggregator.name}
+    for n, cls in addons.TERMS.items():
+        assert ADDON_CARDS[n].predicts_at_test == cls.predicts_at_test, n
+        assert bool(ADDON_CARDS[n].noise_control) == ("control" in inspect.signature(cls.__init__).parameters), n
+    for n, cls in {**addons.SAMPLERS, **addons.AGGREGATORS, **addons.TERMS}.items():
+        assert cls.name == n
+        # the card's settings are the constructor's keyword arguments, with the same defaults where the card has one
+        params = inspect.signature(cls.__init__).parameters
+        for hp, spec in ADDON_CARDS[n].hparams.items():
+            assert hp in params, f"{n}: card setting {hp!r} is not a constructor argument"
+            if "default" in spec:
+                assert params[hp].default == spec["default"], f"{n}.{hp}"
+    assert load_schema()["$defs"]["addons"]["properties"].keys() == ADDON_KINDS.keys()
     assert NOT_META_TRAINED == {n for n, c in methods.METHODS.items() if not c.meta_trainable}
     assert MethodName.parse("pamela@q_shared+cml+ht") == MethodName("pamela", "q_shared", ("cml", "ht"))
     assert MethodName.parse("mamlpp+cml") == MethodName("mamlpp", "", ("cml",))

@@ -12,7 +12,8 @@ import re
 
 from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
-from metarepro.dataset_cards import MEM_MB, ON_THE_FLY, SYNTHESIZED
+from metarepro.cards import with_flag
+from metarepro.dataset_cards import DATASET_CARDS, MEM_MB, ON_THE_FLY, REGRESSION, SYNTHESIZED
 from metarepro.report_cards import FIGURE_CARDS, SIDE_TABLE_CARDS
 
 # Every path comes from the config, so `--configfile config/paper.yaml` writes elsewhere.
@@ -167,14 +168,14 @@ def pretrain_runtime(wildcards):
     return 10 + math.ceil(seconds / 60)
 
 
-def report_runs(name, dataset=None, method=None):
-    """The runs behind report `name` (only those on `dataset`, and of registered method `method` or its
-    variants `method@tag`, if given)."""
+def report_runs(name, datasets=None, bases=None):
+    """The runs behind report `name` (only those on one of `datasets`, and of one of the registered methods `bases`
+    or their variants `method@tag`, if given)."""
     found = runs(config["reports"][name]["experiments"])
     methods, shots = config["reports"][name].get("methods"), config["reports"][name].get("shots")
-    return [r for r in found if (dataset is None or r.dataset == dataset)
+    return [r for r in found if (datasets is None or r.dataset in datasets)
             and (methods is None or r.method in methods) and (shots is None or r.shots in shots)
-            and (method is None or MethodName.parse(r.method).base == method)]
+            and (bases is None or MethodName.parse(r.method).base in bases)]
 
 
 PAPER_RESULTS = "config/paper_results.csv"
@@ -182,12 +183,14 @@ PAPER_RESULTS = "config/paper_results.csv"
 
 def _figure_runs(wildcards):
     """The runs a figure of report `name` reads: all of the report's, or those its card restricts it to (the
-    gates figure: the Meta-LSTM runs, which alone record gate values)."""
+    gates figure: the runs of methods whose card sets `records_gates`, which alone record gate values)."""
     card = FIGURE_CARDS[wildcards.kind]
-    found = report_runs(wildcards.name, card.only_dataset or None, card.only_method or None)
-    if not found and card.only_method:
-        raise ValueError(f"report {wildcards.name!r} asks for the {card.kind} figure but has no {card.only_method} "
-                         f"run: drop `{card.kind}` from its figures or add an experiment with {card.only_method}")
+    datasets = {d for d, c in DATASET_CARDS.items() if c.kind == card.only_kind} if card.only_kind else None
+    bases = sorted(with_flag(card.only_flag)) if card.only_flag else None
+    found = report_runs(wildcards.name, datasets, bases)
+    if not found and bases is not None:
+        raise ValueError(f"report {wildcards.name!r} asks for the {card.kind} figure but has no {' / '.join(bases)} "
+                         f"run: drop `{card.kind}` from its figures or add an experiment with {' or '.join(bases)}")
     return found
 
 
@@ -204,10 +207,11 @@ def figure_args(wildcards):
 
 
 def report_figures(name):
-    """The figure kinds of report `name`: its `figures` list, else curves + inner_steps (+ fits with sinusoid runs)."""
+    """The figure kinds of report `name`: its `figures` list, else curves + inner_steps (+ fits with regression runs,
+    the sinusoid's)."""
     figures = config["reports"][name].get("figures")
     if figures is None:
-        figures = ["curves", "inner_steps"] + (["fits"] if report_runs(name, "sinusoid") else [])
+        figures = ["curves", "inner_steps"] + (["fits"] if report_runs(name, REGRESSION) else [])
     return figures
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..addon_cards import ADDON_CARDS
 from ..utils import MetareproError
 from .figures import _run_label, _save, load_run_dir
 from .inputs import load_eval
@@ -58,7 +59,10 @@ def _short(cfg: dict) -> str:
 
 
 def _is_control(cfg: dict) -> bool:
-    return (((cfg.get("addons") or {}).get("cml") or {}).get("control") or "none") == "noise"
+    """A run of an outer-loss term's noise-matched control (its card's `noise_control` setting, CML's)."""
+    blocks = cfg.get("addons") or {}
+    return any(c.noise_control and all((blocks.get(c.name) or {}).get(k) == v for k, v in c.noise_control.items())
+               for c in ADDON_CARDS.values())
 
 
 def _series(runs, column: str, kind: str, title: str, ylabel: str, out, log_y: bool = False) -> Path:

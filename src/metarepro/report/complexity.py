@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from ..cards import cards
 from ..config import ADDON_KINDS, MethodName
+from ..dataset_cards import REGRESSION
 from ..utils import MetareproError, write_text_atomic
 from ..stats import seed_mean_ci95
 from .inputs import _is_number, load_eval, read_run_config
@@ -179,7 +180,7 @@ def build_rows(costs: Sequence[RunCost]) -> list[dict]:
         cs = sorted(cs, key=lambda c: c.seed)
         gpu = [c.eval_peak_gpu_memory_mb for c in cs]
         rows.append({
-            "dataset": dataset, "ways": "" if dataset == "sinusoid" else ways, "shots": shots,
+            "dataset": dataset, "ways": "" if dataset in REGRESSION else ways, "shots": shots,
             "setting": setting_label(dataset, ways, shots), "method": method, "method_label": method_label(method),
             "paper_vs_maml": _paper_ratio(method),
             "backbone": _join_unique(c.backbone for c in cs), "profile": _join_unique(c.profile for c in cs),

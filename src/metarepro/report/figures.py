@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ..dataset_cards import REGRESSION  # noqa: E402
 from ..formats import TRAIN_LOG_PLOTTED  # noqa: E402
 from ..utils import MetareproError, atomic_path  # noqa: E402
 from .tables import (DATASET_LABELS, DATASET_ORDER, Group, aggregate, load_eval, load_paper_results,  # noqa: E402
@@ -105,7 +106,7 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     fig, axes = plt.subplots(len(rows), 3, figsize=(17, 3.8 * len(rows)), squeeze=False,
                              gridspec_kw={"width_ratios": [1.0, 1.0, 0.8]})
     for (ds, ways, shots), (ax_loss, ax_val, ax_legend) in zip(rows, axes):
-        metric = "mse" if ds == "sinusoid" else "accuracy"
+        metric = "mse" if ds in REGRESSION else "accuracy"
         these = [(c, log) for c, log in runs if (c["dataset"], int(c["ways"]), int(c["shots"])) == (ds, ways, shots)]
         several = {m for m in methods if sum(str(c["method"]) == m for c, _ in these) > 1}
         for cfg, log in these:
@@ -208,7 +209,7 @@ def figure_loss_variance(run_dirs: Sequence[str | os.PathLike], out: str | os.Pa
         ax_var.set(title=f"{title}: inner-loss variance across validation tasks", xlabel="meta-iteration",
                    ylabel="support-loss variance after the inner loop")
         ax_val.set(title=f"{title}: validation", xlabel="meta-iteration",
-                   ylabel=_metric_label("mse" if ds == "sinusoid" else "accuracy", "validation"))
+                   ylabel=_metric_label("mse" if ds in REGRESSION else "accuracy", "validation"))
         for ax in (ax_var, ax_val):
             ax.legend(fontsize="small")
     fig.suptitle("Inner-loss variance and validation score during meta-training", fontsize="x-large")

@@ -19,9 +19,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 
+from ..addon_cards import ADDON_CARDS, ADDON_LABELS, TEST_HOOKS
 from ..cards import cards
 from ..config import MethodName
-from ..dataset_cards import DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, GRAPH as GRAPH_DATASETS
+from ..dataset_cards import (DATASET_CARDS, DATASET_LABELS, DATASET_ORDER, FULL_IMAGES_PER_CLASS,
+                             GRAPH as GRAPH_DATASETS, REGRESSION)
 from ..stats import (MIN_CLAIM_SEEDS, SINGLE_SEED, Comparison, Paired, ci_span, compare_seeds, mean_ci95, paired_test,
                      seed_mean_ci95)
 from ..utils import MetareproError, write_text_atomic
@@ -68,27 +70,18 @@ VARIANT_LABELS: dict[str, str] = {
 # beside MAML at its own paper's protocol under the plain name); labelled "<method label> (<protocol>)".
 PROTOCOL_TAGS: dict[str, str] = {"cmlp": "CML protocol"}
 NOISE_TAG = "noise"        # `<method>@noise+cml` with `addons: {cml: {control: noise}}`: CML's noise-matched control
-# Modifiers compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML".
-MODIFIER_LABELS: dict[str, str] = {"cml": "CML", "cml_dagger": "CML†", "ht": "HT", "amfs": "AMFS", "oamfs": "O-AMFS"}
+# Add-ons compose with a base method by name (`maml+cml`, `pamela+ht`); the papers write "MAML++ + CML". Their labels,
+# and those of the test-time hooks' rows (`maml+cml_dagger`: "MAML + CML†"), are the add-on cards'; a name without a
+# card (written by hand) is printed in capitals.
+MODIFIER_LABELS: dict[str, str] = ADDON_LABELS
 # What the add-ons' papers leave open and we chose (the code's docstrings say the same at more length), printed under
-# every table with a run that uses the add-on.
-ADDON_CHOICES: dict[str, str] = {
-    "ht": "The official code never released the hard-task meta-batch; our reading of the paper: after each "
-          "ordinary meta-batch, each task's class with the lowest query accuracy after adaptation (ties: the "
-          "lowest label) joins a pool; once the pool holds N distinct classes, the next meta-iteration trains on "
-          "a hard meta-batch (as many tasks as the ordinary one) of N classes drawn from the pool with fresh "
-          "images, and the pool empties; hard meta-batches count as iterations of the budget and are not mined.",
-    "oamfs": "No code was published; the weighting is ours: c_i = mean over j ≠ i of cos(g_i, g_j), "
-             "w_i = (1 + c_i) / 2, meta-gradient = Σ w_i g_i / Σ w_i (the plain mean when every w_i is 0); with "
-             "CML, the cosines use the learner's parameters only and the weights apply to the co-learner's too.",
-    "cml": "The co-learner (conv3×3-BN-ReLU, conv3×3-BN-ReLU-max-pool, linear; official code) reads the feature "
-           "map before the last pooling on the query set with the adapted weights, gets no inner-loop update, "
-           "weight γ = 1 and its own Adam at 1e-3; on a vector feature (the sinusoid MLP's last hidden layer, the "
-           "GNN's centre-node embedding) it is a small MLP. On "
-           "methods that embed support and query in one pass (ProtoNet, Matching Networks, AMFS, MTL) it reads that "
-           "pass's query rows; for MTL, the frozen pretrained backbone's feature map under the meta-learned scaling "
-           "and shifting, so its gradient reaches MTL's scales and shifts, not the frozen weights.",
-}
+# every table with a run that uses the add-on: the add-on cards' `choices`.
+ADDON_CHOICES: dict[str, str] = {n: c.choices for n, c in ADDON_CARDS.items() if c.choices}
+# The add-ons with a noise-matched control, and the names of their test-time rows: `<method>@noise+cml` with
+# `addons: {cml: {control: noise}}` is CML's control, labelled after the add-on's card
+_NOISE_CONTROLLED: dict[str, str] = {**{c.name: c.name for c in ADDON_CARDS.values() if c.noise_control},
+                                     **{c.test_name: c.name for c in ADDON_CARDS.values()
+                                        if c.noise_control and c.test_name}}
 # The paper csv labels a few methods differently from our canonical label (one label -> extra aliases).
 PAPER_ALIASES: dict[str, tuple[str, ...]] = {"Matching Networks": ("Matching Network",),
                                               "Matching Networks FCE": ("Matching Network FCE",)}
@@ -100,7 +93,8 @@ PAPER_EXACT: dict[str, tuple[str, ...]] = {
     "FT (pretrained backbone meta-learned) + HT": ("MAML deep + HT (FT, ResNet-12 pre)",),
     "theta only (no meta-learning)": ("update theta only (no meta-learning)",)}
 
-REFERENCE_METHOD = "maml"   # paired comparisons are made against this method
+# paired comparisons are made against this method: the method card that sets `reference`
+REFERENCE_METHOD = next(n for n, c in cards().items() if c.reference)
 DASH = "—"
 
 
@@ -114,11 +108,14 @@ def method_label(method: str) -> str:
     if name.train_shots is not None:
         return f"{method_label(str(name.with_train_shots(None)))} ({name.train_shots}-shot meta-training)"
     mods = name.addons
-    if name.tag == NOISE_TAG and ("cml" in mods or "cml_dagger" in mods):
-        # CML's noise-matched control: the co-learner trains, the learner gets noise of its gradient's norm instead
-        rest = MethodName(name.base, addons=tuple(m for m in mods if m not in ("cml", "cml_dagger")))
-        return (method_label(str(rest)) + " + noise of CML's norm (control)"
-                + (", scored by its co-learner (CML†)" if "cml_dagger" in mods else ""))
+    controlled = [m for m in mods if m in _NOISE_CONTROLLED]
+    if name.tag == NOISE_TAG and controlled:
+        # a term's noise-matched control (CML's): the term trains, the learner gets noise of its gradient's norm
+        rest = MethodName(name.base, addons=tuple(m for m in mods if m not in _NOISE_CONTROLLED))
+        term = ADDON_CARDS[_NOISE_CONTROLLED[controlled[0]]]
+        scored = [m for m in controlled if m == term.test_name]
+        return (method_label(str(rest)) + f" + noise of {term.label}'s norm (control)"
+                + (f", scored by {term.test_scorer} ({term.test_label})" if scored else ""))
     if name.variant in VARIANT_LABELS:
         label = VARIANT_LABELS[name.variant]
     else:
@@ -138,7 +135,7 @@ def backbone_label(run: dict) -> str:
 
 
 def setting_label(dataset: str, ways: int | None, shots: int) -> str:
-    return f"{shots}-shot" if dataset == "sinusoid" else f"{ways}-way {shots}-shot"
+    return f"{shots}-shot" if dataset in REGRESSION else f"{ways}-way {shots}-shot"
 
 
 def _sort_key_method(method: str) -> tuple:
@@ -248,9 +245,9 @@ def paired_vs_reference(g: Group, ref: Group) -> Comparison | None:
     return compare_seeds(pairs) if pairs else None
 
 
-# Datasets whose mirror (or a user's copy) may be a subset: their prepared meta.json tells the images per class of the
-# train split, and a number published on the full dataset is not compared with a run on a subset.
-FULL_IMAGES_PER_CLASS = {"miniimagenet": 600}
+# FULL_IMAGES_PER_CLASS (dataset cards): datasets whose mirror (or a user's copy) may be a subset: their prepared
+# meta.json tells the images per class of the train split, and a number published on the full dataset is not compared
+# with a run on a subset.
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,7 +282,7 @@ def run_setup(ev: dict) -> dict:
     bargs = run.get("backbone_args") or {}
     return {"family": str(run.get("backbone", "?")), "backbone": backbone_label(run),
             "extra": ", ".join(k for k in ("extra_blocks", "branch") if bargs.get(k)),
-            "image_size": None if dataset == "sinusoid" else (inp.get("crop") or args.get("image_size")
+            "image_size": None if dataset in REGRESSION else (inp.get("crop") or args.get("image_size")
                                                               or STANDARD_IMAGE_SIZE.get(dataset)),
             "variant": _data_variant(dataset, str(run.get("data_dir") or f"data/{dataset}")),
             "train_ways": int((run.get("train") or {}).get("ways") or run["ways"]), "train_shots": train_shots}
@@ -306,7 +303,7 @@ def setup_differences(setup: dict, p: PaperRow) -> list[str]:
         out.append(f"{p.size}×{p.size} images; ours {setup['image_size']}×{setup['image_size']}")
     if p.variant != setup["variant"]:
         out.append(f"{p.variant} dataset; ours {setup['variant']}")
-    if p.dataset != "sinusoid" and (p.train_ways or p.ways) != setup["train_ways"]:
+    if p.dataset not in REGRESSION and (p.train_ways or p.ways) != setup["train_ways"]:
         out.append(f"meta-trained {p.train_ways or p.ways}-way; ours {setup['train_ways']}-way")
     if (p.train_shots or p.shots) != setup["train_shots"] and not p.method.endswith("-shot meta-training)"):
         out.append(f"meta-trained at {p.train_shots or p.shots} shots; ours {setup['train_shots']}")
@@ -321,7 +318,7 @@ def match_paper(g: Group, paper: list[PaperRow]) -> list[PaperRow]:
     for p in paper:
         if p.dataset != g.dataset or p.shots != g.shots or p.metric != g.metric:
             continue
-        if g.dataset != "sinusoid" and p.ways != g.ways:
+        if g.dataset not in REGRESSION and p.ways != g.ways:
             continue
         if g.label in PAPER_EXACT:
             # published rows named otherwise, which must not take the parenthesised-variant match
@@ -415,7 +412,7 @@ def build_rows(evals: list[dict], paper: list[PaperRow]) -> tuple[list[dict], li
     rows = []
     for g in groups:
         its, mb, prof, budget = _budget(g.evals)
-        sinus = g.dataset == "sinusoid"
+        sinus = g.dataset in REGRESSION
         ref = reference(g)
         pair = paired_vs_reference(g, ref) if ref is not None and ref is not g else None
         # sinusoid paper numbers are one-inner-step MSEs (Meta-SGD Table 1): compare with by_step[1]
@@ -562,7 +559,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
         parts += ["_No evaluation results were given._", ""]
     sections: dict[tuple[str, bool], list[dict]] = {}
     for r in rows:
-        sections.setdefault((r["metric"], r["dataset"] == "sinusoid"), []).append(r)
+        sections.setdefault((r["metric"], r["dataset"] in REGRESSION), []).append(r)
     for (metric, sinus), rs in sections.items():
         if len(sections) > 1:
             parts += [f"## {'Sinusoid regression (MSE, lower is better)' if sinus else metric.capitalize()}", ""]
@@ -570,7 +567,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
 
     notes = ["## Notes", ""]
     episodes = _join_unique(r["episodes"] for r in rows) or "?"
-    queries = _join_unique(r["queries"] for r in rows if r["dataset"] != "sinusoid")
+    queries = _join_unique(r["queries"] for r in rows if r["dataset"] not in REGRESSION)
     notes.append(f"- **Protocol.** Each run is evaluated on {episodes} fixed test episodes"
                  + (f" ({queries} query examples per class)" if queries else "")
                  + ", the same episode set for every method of a setting (column `episode_set` of the CSV). "
@@ -605,7 +602,7 @@ def render_markdown(title: str, rows: list[dict], cited: list[PaperRow], paper_p
                      "this test evaluation, on the machine that ran them (`numerics` in each eval.json names the "
                      "CPU); the profile's jobs ran in parallel, one thread each. Columns `train_wall_s`, "
                      "`test_wall_s` of the CSV.")
-    if any(r["dataset"] == "sinusoid" for r in rows):
+    if any(r["dataset"] in REGRESSION for r in rows):
         notes.append("- **Sinusoid.** The published sinusoid numbers (Li et al. 2017, Meta-SGD Table 1) are MSEs "
                      "after one inner step, so `Ours − paper` and `Paper in our CI` use our MSE after 1 inner "
                      "step (`by_step[1]`); `Ours, K steps` is after the final test-time step. Rows labelled "
@@ -675,19 +672,22 @@ def numerics_note(evals: list[dict]) -> str:
 
 
 def with_colearner_rows(evals: list[dict]) -> list[dict]:
-    """Each evaluation plus, for a run with CML's co-learner, its CML† row: the `colearner` scores of eval.json
-    (the co-learner predicting on the same episodes) as an evaluation of method `<method>+cml_dagger`."""
+    """Each evaluation plus, for a run with an outer-loss term that predicts at test (CML's co-learner), that term's
+    row: the scores under the card's `eval_key` in eval.json (`colearner`: the co-learner predicting on the same
+    episodes) as an evaluation of method `<method>+<test_name>` (`maml+cml_dagger`, labelled "MAML + CML†")."""
     out = []
     for ev in evals:
         out.append(ev)
-        co = ev.get("colearner")
-        if isinstance(co, dict) and isinstance(co.get("per_episode"), list):
-            name = MethodName.read(str(ev["run"]["method"]))
-            method = str(name.with_addons("cml_dagger" if a == "cml" else a for a in name.addons))
+        name = MethodName.read(str(ev["run"]["method"]))
+        for hook in [TEST_HOOKS[a] for a in name.addons if a in TEST_HOOKS]:
+            co = ev.get(hook.eval_key)
+            if not (isinstance(co, dict) and isinstance(co.get("per_episode"), list)):
+                continue
+            method = str(name.with_addons(hook.test_name if a == hook.name else a for a in name.addons))
             steps = str(ev.get("inner_steps", max(_steps(ev), default=0)))
             out.append({**ev, "run": {**ev["run"], "method": method}, "mean": co["mean"], "ci95": co["ci95"],
                         "std": co.get("std", 0.0), "per_episode": co["per_episode"],
-                        "by_step": {steps: {"mean": co["mean"], "ci95": co["ci95"]}}, "colearner": None})
+                        "by_step": {steps: {"mean": co["mean"], "ci95": co["ci95"]}}, hook.eval_key: None})
     return out
 
 
