@@ -10,6 +10,7 @@ import math
 import os
 import re
 
+from metarepro.data.preflight import check_sources
 from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
 from metarepro.dataset_cards import MEM_MB, ON_THE_FLY, SYNTHESIZED
@@ -91,6 +92,14 @@ def run_config(wildcards):
 def dataset_options(dataset):
     """The dataset's resolved options block (JSON), as the runs on it (and cross-domain tests on it) see it."""
     return json.dumps(dataset_args(config, dataset), sort_keys=True)
+
+
+def planned_downloads():
+    """The datasets whose download job this invocation will run (the planned jobs, as `onstart` sees them)."""
+    try:
+        return {job.wildcards.dataset for job in workflow.dag.needrun_jobs() if job.rule.name == "download"}
+    except AttributeError:  # another Snakemake's internals: every dataset the config downloads
+        return set(used_datasets(config)) - GENERATED - SYNTHESIZED
 
 
 def prepared(dataset):
