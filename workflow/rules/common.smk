@@ -5,6 +5,7 @@
 # from a copy of the file in .snakemake/conda/, where `-e .` would point elsewhere), and with the
 # package installed it is the same code. A person can paste a printed line into a shell as it is.
 import functools
+import glob
 import json
 import math
 import os
