@@ -57,6 +57,9 @@ def test_sources_that_exist_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mirror" / "omniglot").mkdir(parents=True)
+    asked = []
+    assert check_sources(["omniglot"], str(tmp_path / "mirror"), tmp_path, tmp_path, asked.append) is None
+    assert asked == []                                        # what the mirror serves needs no network
     # the mirror serves what it carries, without network; CUB (not in it) still needs its official host
     assert check_sources(["omniglot"], str(tmp_path / "mirror"), tmp_path, tmp_path, offline) is None
     msg = check_sources(["omniglot", "miniimagenet", "cub"], str(tmp_path / "mirror"), tmp_path, tmp_path, offline)

@@ -96,11 +96,17 @@ def check_sources(datasets: Iterable[str], mirror: str | None, raw_dir: str | Pa
     except MetareproError as e:
         mirror_error = str(e)
 
-    # every URL a dataset would be downloaded from, probed once per host and in parallel
+    # every URL a dataset would be downloaded from (none where a folder or the mirror serves it), probed once per
+    # host and in parallel
     urls = set()
     for d in todo:
-        env_url = os.environ.get(f"METAREPRO_{d.upper()}_URL")
-        urls |= {env_url} if env_url else {rf.url for rf in source(d).official if rf.url}
+        env = f"METAREPRO_{d.upper()}_"
+        if mirror_error or os.environ.get(env + "DIR"):
+            continue
+        if os.environ.get(env + "URL"):
+            urls.add(os.environ[env + "URL"])
+        elif mirror_path is None or source(d).mirror is None:
+            urls |= {rf.url for rf in source(d).official if rf.url}
     hosts = {_host(u): u for u in sorted(urls)}
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(hosts)))) as pool:
         answers = dict(zip(hosts, pool.map(probe_url, hosts.values())))
