@@ -202,6 +202,28 @@ def miniimagenet_mirror(root: Path, per_class: int = 1) -> Path:
     return folder
 
 
+def miniimagenet_pickles(folder: Path, per_class: int = 2, seed: int = 0, protocol: int = 4
+                         ) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """learn2learn's mini-imagenet-cache-{train,validation,test}.pkl with every Ravi class of each split and
+    `per_class` random 84x84 images each, rows shuffled (class_dict maps each wnid to its rows).
+
+    Returns {split: [(wnid, image), ...]} in class_dict's order per class."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        with open(SPLITS_DIR / f"miniimagenet_ravi/{split}.csv", newline="") as f:
+            wnids = list(dict.fromkeys(label for _, label in list(csv.reader(f))[1:]))
+        n = len(wnids) * per_class
+        images = rng.integers(0, 256, (n, 84, 84, 3), dtype=np.uint8)
+        rows = rng.permutation(n)
+        class_dict = {w: [int(r) for r in rows[k * per_class:(k + 1) * per_class]] for k, w in enumerate(wnids)}
+        data = {"image_data": images, "class_dict": class_dict}
+        (folder / f"mini-imagenet-cache-{name}.pkl").write_bytes(pickle.dumps(data, protocol=protocol))
+        out[split] = [(w, images[r]) for w in wnids for r in class_dict[w]]
+    return out
+
+
 def tar_folder(path: Path, folder: Path, prefix: str) -> Path:
     """A .tar(.gz) of folder's files under `prefix/` (like the mini-imagenet.tar.gz archives around)."""
     mode = "w:gz" if path.name.endswith("gz") else "w"

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from metarepro.data import cifar, cub, miniimagenet, omniglot, tieredimagenet
+from metarepro.data import download
 from metarepro.data.download import SOURCES, SPLITS_DIR, fetch
 from metarepro.data.store import load_split
 from metarepro.utils import MetareproError
@@ -218,6 +220,78 @@ def test_miniimagenet_corrupt_image(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(MetareproError) as err:
         miniimagenet.prepare(raw, tmp_path / "out", {})
     assert bad.name in str(err.value) and expected in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_miniimagenet_learn2learn_pickles(tmp_path: Path, monkeypatch) -> None:
+    """The download (learn2learn's pickles, served locally) prepares to what the Ravi layout of the same images
+    prepares to: same classes in the same order, same pixels."""
+    served = tmp_path / "www"
+    expected = archives.miniimagenet_pickles(served, per_class=2)
+    asked = []
+
+    def fake_get(url: str, dest: Path) -> None:
+        asked.append(url)
+        dest.write_bytes((served / url.rsplit("/", 1)[-1]).read_bytes())
+    monkeypatch.setattr(download, "http_get", fake_get)
+    raw = fetch("miniimagenet", tmp_path / "raw", None)
+    assert asked == [f"https://zenodo.org/record/7978538/files/mini-imagenet-cache-{s}.pkl"
+                     for s in ("train", "validation", "test")]
+    assert json.loads((raw / "MANIFEST.json").read_text())["source"] == "official"
+    x = load(miniimagenet.prepare(raw, tmp_path / "out", {"image_size": 84}))
+    assert [x[s].n_classes for s in ("train", "val", "test")] == [64, 16, 20]
+    for split in ("train", "val", "test"):
+        assert x[split].images.dtype == np.uint8 and x[split].images.shape == (len(expected[split]), 84, 84, 3)
+        np.testing.assert_array_equal(x[split].images, np.stack([img for _, img in expected[split]]))
+        assert [x[split].class_names[k] for k in x[split].labels] == [w for w, _ in expected[split]]
+
+    # the same images in the Ravi layout (lossless PNG bytes under the csv's .jpg names) prepare identically
+    layout = tmp_path / "ravi"
+    (layout / "images").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        ravi = miniimagenet.read_csv(SPLITS_DIR / f"miniimagenet_ravi/{split}.csv")
+        names = {w: [n for n, label in ravi if label == w] for w in dict.fromkeys(w for _, w in ravi)}
+        rows = []
+        for wnid, img in expected[split]:              # each class's images under its first Ravi file names
+            name = names[wnid][sum(w == wnid for _, w in rows)]
+            (layout / "images" / name).write_bytes(archives._png(Image.fromarray(img)))
+            rows.append((name, wnid))
+        with open(layout / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("filename", "label"), *rows])
+    raw2 = fetch("miniimagenet", tmp_path / "raw2", None, source_dir=layout)
+    y = load(miniimagenet.prepare(raw2, tmp_path / "out2", {"image_size": 84}))
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(x[split].images, y[split].images)
+        np.testing.assert_array_equal(x[split].labels, y[split].labels)
+        assert list(x[split].class_names) == list(y[split].class_names)
+
+    # the pickles from a local folder (METAREPRO_MINIIMAGENET_DIR), resized to the default run's 32x32
+    monkeypatch.setenv("METAREPRO_MINIIMAGENET_DIR", str(served))
+    raw3 = fetch("miniimagenet", tmp_path / "raw3", None)
+    z = load(miniimagenet.prepare(raw3, tmp_path / "out3", {"image_size": 32}))
+    assert z["test"].images.shape == (40, 32, 32, 3)
+
+
+def test_miniimagenet_pickles_refused(tmp_path: Path, monkeypatch) -> None:
+    """A pickle that would run code, or holds another split, stops prepare naming the file; nothing written."""
+    import pickle
+    archives.miniimagenet_pickles(tmp_path / "dl", per_class=1)
+    monkeypatch.setattr(miniimagenet, "verify_raw", lambda *a: "test")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    bad = tmp_path / "dl" / "mini-imagenet-cache-test.pkl"
+    good = bad.read_bytes()
+    bad.write_bytes(pickle.dumps({"image_data": Evil(), "class_dict": {}}))
+    with pytest.raises(MetareproError, match="refusing to unpickle"):
+        miniimagenet.prepare(tmp_path / "dl", tmp_path / "out", {})
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+    val = tmp_path / "dl" / "mini-imagenet-cache-validation.pkl"
+    bad.write_bytes(val.read_bytes())                  # the validation classes where the test ones belong
+    with pytest.raises(MetareproError, match="not the Ravi & Larochelle test split"):
+        miniimagenet.prepare(tmp_path / "dl", tmp_path / "out", {})
+    bad.write_bytes(good)
+    miniimagenet.prepare(tmp_path / "dl", tmp_path / "out", {})
 
 
 # --- tieredImageNet ---------------------------------------------------------------------------

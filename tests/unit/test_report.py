@@ -326,6 +326,41 @@ def test_cli_end_to_end_figures_and_index(tmp_path, paper, monkeypatch):
     assert "- **default**: table `maml_fewshot`, figure `maml_curves`" in readme
 
 
+def test_index_lists_every_profiles_reports(tmp_path, monkeypatch):
+    """The index lists the other profiles' report folders with the tables, figures and notes on disk, sorted;
+    its own profile once; a profile with nothing rendered says how to render it and links nowhere."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("profile: default\nreports_dir: reports\n")
+    (tmp_path / "config" / "paper.yaml").write_text("profile: paper\nreports_dir: reports/paper\n")
+    (tmp_path / "config" / "cpu_b.yaml").write_text("profile: cpu_b\nreports_dir: reports/cpu_b\n"
+                                                     "figures_dir: reports/figures/cpu_b\n")
+    for rel, text in {"reports/tables/t.md": "# Default table\n", "reports/cpu_b/tables/z.md": "# Zeta\n",
+                      "reports/cpu_b/tables/z.csv": "a\n1\n", "reports/cpu_b/tables/a.md": "# Alpha\n",
+                      "reports/cpu_b/findings.md": "x\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "reports/figures/cpu_b").mkdir(parents=True)
+    (tmp_path / "reports/figures/cpu_b/z_curves.png").write_bytes(b"\x89PNG")
+    profiles = ["config/paper.yaml", "config/config.yaml", "config/cpu_b.yaml"]
+    assert cli.main(["index", "--out", "reports/README.md", "--profiles", *profiles, "--",
+                     "reports/tables/t.md"]) == 0
+    text = (tmp_path / "reports" / "README.md").read_text()
+    others = text.split("## Other profiles", 1)[1].split("## Which config profile", 1)[0]
+    assert "### default" not in others                      # the index's own profile is listed above it
+    assert others.index("### cpu_b") < others.index("### paper")
+    assert "### cpu_b (`config/cpu_b.yaml`): [reports/cpu_b/](cpu_b/)" in others
+    assert ("- [findings.md](cpu_b/findings.md)\n- table [Alpha](cpu_b/tables/a.md)\n"
+            "- table [Zeta](cpu_b/tables/z.md) ([csv](cpu_b/tables/z.csv))\n"
+            "- figure [z_curves](figures/cpu_b/z_curves.png)") in others
+    assert "### paper (`config/paper.yaml`): `reports/paper/`" in others and "](paper/" not in others
+    assert "snakemake --cores N --configfile config/paper.yaml" in others
+    first = text
+    assert cli.main(["index", "--out", "reports/README.md", "--profiles", *reversed(profiles), "--",
+                     "reports/tables/t.md"]) == 0
+    assert (tmp_path / "reports" / "README.md").read_text() == first   # deterministic
+
+
 def test_figure_errors_name_the_file(tmp_path):
     ev = write_eval(tmp_path, "omniglot", "maml", 5, 1, 0, alternating(95, 5))
     with pytest.raises(MetareproError, match="no 'fits'") as exc:

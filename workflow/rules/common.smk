@@ -5,11 +5,13 @@
 # from a copy of the file in .snakemake/conda/, where `-e .` would point elsewhere), and with the
 # package installed it is the same code. A person can paste a printed line into a shell as it is.
 import functools
+import glob
 import json
 import math
 import os
 import re
 
+from metarepro.data.preflight import check_sources
 from metarepro.config import (MethodName, dataset_args, experiment_gpus, find_experiment, iter_cross_domain,
                               iter_pretrains, iter_runs, resolve_pretrain, resolve_run, used_datasets)
 from metarepro.cards import with_flag
@@ -92,6 +94,14 @@ def run_config(wildcards):
 def dataset_options(dataset):
     """The dataset's resolved options block (JSON), as the runs on it (and cross-domain tests on it) see it."""
     return json.dumps(dataset_args(config, dataset), sort_keys=True)
+
+
+def planned_downloads():
+    """The datasets whose download job this invocation will run (the planned jobs, as `onstart` sees them)."""
+    try:
+        return {job.wildcards.dataset for job in workflow.dag.needrun_jobs() if job.rule.name == "download"}
+    except AttributeError:  # another Snakemake's internals: every dataset the config downloads
+        return set(used_datasets(config)) - GENERATED - SYNTHESIZED
 
 
 def prepared(dataset):

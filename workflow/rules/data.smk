@@ -1,6 +1,15 @@
 # Raw archives -> {raw_dir}/{dataset}/, then the compact training format -> {data_dir}/{dataset}/.
 
 
+# Before the first job (after planning; Snakemake skips onstart on dry runs): every planned download must have a
+# source, else one message names each dataset without one and what to provide, and no job starts.
+onstart:
+    if not workflow.touch and os.environ.get("METAREPRO_PREFLIGHT", "1") != "0":
+        _problems = check_sources(planned_downloads(), MIRROR, RAW, DATA)
+        if _problems:
+            sys.exit(f"metarepro: {_problems}")
+
+
 # Downloads need the internet (or the mirror), which compute nodes of a cluster often lack.
 localrules:
     download,

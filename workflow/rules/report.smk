@@ -103,5 +103,9 @@ rule index:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        # the other profiles' report folders are listed as they are on disk (not inputs: no job here makes them)
+        profiles=sorted(glob.glob("config/*.yaml")),
     shell:
-        "PYTHONPATH=src python -m metarepro report index --out {output:q} {input:q} > {log:q} 2>&1"
+        "PYTHONPATH=src python -m metarepro report index --out {output:q} --profiles {params.profiles:q}"
+        " -- {input:q} > {log:q} 2>&1"

@@ -7,10 +7,11 @@ against that manifest (`verify_raw`) before writing anything. Sources, in order 
 1. a folder the user names with METAREPRO_<DATASET>_DIR (or `source_dir=`), holding the official
    archive(s) -- or, for miniImageNet / tieredImageNet / G-Meta's release, their extracted layout;
 2. an archive URL the user names with METAREPRO_<DATASET>_URL (or `url=`), optionally with
-   METAREPRO_<DATASET>_SHA256 -- the only download route for mini/tieredImageNet and G-Meta's
+   METAREPRO_<DATASET>_SHA256 -- the only download route for tieredImageNet and G-Meta's
    release (arxiv, tissue_ppi, fold_ppi), which have no stable official URL;
 3. the mirror (../shared/datasets layout), for the datasets it carries;
-4. the official URLs, verified against their published md5.
+4. the official URLs, verified against their published md5 (miniImageNet: learn2learn's pickles on
+   Zenodo, which publishes no checksum that metarepro could pin).
 """
 from __future__ import annotations
 
@@ -69,8 +70,21 @@ class Unpack:
 class Source:
     official: tuple[RemoteFile, ...]
     mirror: MirrorLayout | None = None
-    unpack: Unpack | None = None     # official archive is unpacked at fetch time (else kept as is)
+    unpack: Unpack | None = None     # the archive is unpacked at fetch time (else kept as is)
     how_to: str = ""                 # what to tell a user who has no source for it
+    # The one archive a user may name instead (by METAREPRO_<DATASET>_URL or a file in METAREPRO_<DATASET>_DIR),
+    # unpacked with `unpack`, where the official files are something else (miniImageNet: the official files are
+    # learn2learn's three pickles, a user's archive holds the Ravi layout). None: the one official file, if one.
+    archive: RemoteFile | None = None
+
+    @property
+    def user_archive(self) -> RemoteFile | None:
+        return self.archive or (self.official[0] if len(self.official) == 1 else None)
+
+    @property
+    def unpacks_official(self) -> bool:
+        """Whether the official download is the archive that `unpack` describes."""
+        return self.unpack is not None and self.archive is None
 
 
 _OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -124,20 +138,29 @@ SOURCES: dict[str, Source] = {
     "cifarfs": _CIFAR100,
     "fc100": _CIFAR100,
     "miniimagenet": Source(
-        official=(RemoteFile("mini-imagenet.tar.gz", None),),
+        # learn2learn's pickles of the full dataset (Ravi & Larochelle's 64/16/20 classes, 600 images per class,
+        # 84x84), on the Zenodo record that learn2learn.vision.datasets.MiniImagenet downloads from: each a dict
+        # {"image_data": uint8 (N, 84, 84, 3), "class_dict": {wnid: [row indices]}}, read by a restricted
+        # unpickler (metarepro.data.miniimagenet). Neither learn2learn nor its README publishes a checksum, and
+        # Zenodo's could not be read from here: none is pinned; MANIFEST.json records the sha256 of what came.
+        official=tuple(RemoteFile(f"mini-imagenet-cache-{split}.pkl",
+                                  f"https://zenodo.org/record/7978538/files/mini-imagenet-cache-{split}.pkl")
+                       for split in ("train", "validation", "test")),
         mirror=MirrorLayout("miniimagenet-subset60", {
             "images.sha256": "45f7f3ee4126b4d3e9e306f2a977f3a26b9a0032890553ddb21b610041fe51ee",
             "train.csv": "8f98ded42d8e9ce75a2fe07ede0ad0b7682086f9caa5a4e5cf5ac7a4af60f6f2",
             "val.csv": "bf9072765b54b81db6c849b431e219777b89ccb0c99293de8ea4a90bfbc2963c",
             "test.csv": "2c043cf1cd5c1b5ac41da8d31e7c8daaab53bded340c3b2c417dc7e816b47e86",
         }, index="images.sha256"),
+        archive=RemoteFile("mini-imagenet.tar.gz", None),
         unpack=Unpack("train.csv", ("train.csv", "val.csv", "test.csv", "images/*")),
-        how_to="miniImageNet has no stable official download. Provide it in the Ravi & Larochelle layout "
-               "(images/*.jpg + train.csv, val.csv, test.csv with filename,label rows) by one of: "
-               "METAREPRO_MINIIMAGENET_DIR=<folder with that layout, or holding mini-imagenet.tar.gz>; "
-               "METAREPRO_MINIIMAGENET_URL=<URL of a .tar/.tar.gz/.zip with that layout> (and optionally "
-               "METAREPRO_MINIIMAGENET_SHA256=<its sha256>); or a mirror holding miniimagenet-subset60/ "
-               "(data.mirror in the config, or METAREPRO_MIRROR)",
+        how_to="miniImageNet downloads from Zenodo (learn2learn's mini-imagenet-cache-{train,validation,test}.pkl, "
+               "1.3 GB: https://zenodo.org/record/7978538) when the mirror is off (METAREPRO_MIRROR=none); "
+               "without internet, provide it by one of: METAREPRO_MINIIMAGENET_DIR=<a folder holding those three "
+               "pickles, or the Ravi & Larochelle layout (images/*.jpg + train.csv, val.csv, test.csv with "
+               "filename,label rows), or mini-imagenet.tar.gz of that layout>; METAREPRO_MINIIMAGENET_URL=<URL of "
+               "a .tar/.tar.gz/.zip with that layout> (optionally METAREPRO_MINIIMAGENET_SHA256=<its sha256>); or "
+               "a mirror holding miniimagenet-subset60/ (data.mirror in the config, or METAREPRO_MIRROR)",
     ),
     "tieredimagenet": Source(
         official=(RemoteFile("tiered-imagenet.tar", None),),
@@ -380,23 +403,29 @@ def _unpack_unchecked(archive: Path, spec: Unpack, tmp: Path, label: str) -> dic
 
 def _from_official(dataset: str, src: Source, tmp: Path, url: str | None, sha256: str | None
                    ) -> tuple[dict[str, str], dict[str, str]]:
-    """Download the official file(s) (or the one at `url`); returns (raw files, archives) as {name: sha256}."""
-    if url and len(src.official) != 1:
-        raise MetareproError(f"{dataset} needs {len(src.official)} files; a single URL cannot replace them")
+    """Download the official file(s) (or the user's archive at `url`); returns (raw files, archives) as
+    {name: sha256}."""
+    if url:
+        rf = src.user_archive
+        if rf is None:
+            raise MetareproError(f"{dataset} needs {len(src.official)} files; a single URL cannot replace them")
+        files = {rf.name: _download(dataset, rf, url, tmp / rf.name, sha256)["sha256"]}
+        return _maybe_unpack(src, rf, tmp, files, url)
     files: dict[str, str] = {}
     for rf in src.official:
-        u = url or rf.url
-        if not u:
+        if not rf.url:
             raise MetareproError(f"no source for {dataset}: {_how_to(dataset)}")
-        files[rf.name] = _download(dataset, rf, u, tmp / rf.name, sha256)["sha256"]
-    return _maybe_unpack(src, tmp, files, url or "the official URL")
+        files[rf.name] = _download(dataset, rf, rf.url, tmp / rf.name, None)["sha256"]
+    if not src.unpacks_official:
+        return files, {}
+    return _maybe_unpack(src, src.official[0], tmp, files, "the official URL")
 
 
-def _maybe_unpack(src: Source, tmp: Path, files: dict[str, str], origin: str
+def _maybe_unpack(src: Source, rf: RemoteFile, tmp: Path, files: dict[str, str], origin: str
                   ) -> tuple[dict[str, str], dict[str, str]]:
+    """Unpack the archive `rf` (in tmp) into the raw layout, where the source unpacks; else keep `files`."""
     if src.unpack is None:
         return files, {}
-    (rf,) = src.official
     archive = tmp.parent / f"archive-{rf.name}"           # outside tmp: not part of the raw layout
     os.replace(tmp / rf.name, archive)
     try:
@@ -407,13 +436,21 @@ def _maybe_unpack(src: Source, tmp: Path, files: dict[str, str], origin: str
 
 def _from_dir(dataset: str, src: Source, folder: Path, tmp: Path, sha256: str | None
               ) -> tuple[dict[str, str], dict[str, str]]:
-    """Take the official archive(s), or (for unpacked sources) the extracted layout, from a local folder."""
+    """Take the official file(s), the user's archive, or (for unpacked sources) the extracted layout, from a
+    local folder."""
     if not folder.is_dir():
         raise MetareproError(f"{folder} (METAREPRO_{dataset.upper()}_DIR) is not a directory")
     if all((folder / rf.name).is_file() for rf in src.official):
         files = {rf.name: _copy_verified(folder / rf.name, tmp / rf.name, _expected(rf, sha256),
                                          f"official {dataset} file") for rf in src.official}
-        return _maybe_unpack(src, tmp, files, str(folder))
+        if not src.unpacks_official:
+            return files, {}
+        return _maybe_unpack(src, src.official[0], tmp, files, str(folder))
+    if src.archive is not None and (folder / src.archive.name).is_file():
+        rf = src.archive
+        files = {rf.name: _copy_verified(folder / rf.name, tmp / rf.name, _expected(rf, sha256),
+                                         f"{dataset} archive")}
+        return _maybe_unpack(src, rf, tmp, files, str(folder))
     if src.unpack is not None:
         markers = sorted(folder.glob(src.unpack.marker)) + sorted(
             p for p in folder.glob(f"*/{src.unpack.marker}")     # a sub-folder: only the named one, if any
@@ -431,7 +468,8 @@ def _from_dir(dataset: str, src: Source, folder: Path, tmp: Path, sha256: str | 
                 raise MetareproError(f"{root} lacks {', '.join(missing)}")
             return files, {}
     names = " + ".join(rf.name for rf in src.official)
-    alt = f", or an extracted layout with {src.unpack.marker}" if src.unpack else ""
+    alt = f", nor {src.archive.name}" if src.archive else ""
+    alt += f", nor an extracted layout with {src.unpack.marker}" if src.unpack else ""
     raise MetareproError(f"{folder} holds neither {names}{alt}")
 
 
@@ -500,7 +538,7 @@ def read_manifest(raw_dir: Path) -> dict[str, Any] | None:
 def _published(dataset: str, raw_dir: Path) -> dict[str, dict[str, str]]:
     """Checksums known without a manifest: official md5s, mirror pins, and a pinned mirror index."""
     src = source(dataset)
-    known = {rf.name: _expected(rf) for rf in src.official if _expected(rf)}
+    known = {rf.name: _expected(rf) for rf in (*src.official, *filter(None, [src.archive])) if _expected(rf)}
     idx = src.mirror.index if src.mirror else None
     if src.mirror and (idx is None or (raw_dir / idx).is_file()):   # an index marks the mirror layout
         known.update({rel: {"sha256": pin} for rel, pin in src.mirror.files.items() if pin})

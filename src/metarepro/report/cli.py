@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("index", help="reports/README.md listing tables and figures")
     i.add_argument("--out", required=True, help="output README.md")
+    i.add_argument("--profiles", nargs="*", default=[], metavar="CONFIG",
+                   help="the config files of the other profiles (config/*.yaml): their report folders and the "
+                        "tables and figures in them are listed too, as they are on disk")
     i.add_argument("files", nargs="+", metavar="FILE", help="table .md/.csv and figure .png files")
     return p
 
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             render = {**FIGURES, **ANALYSIS_FIGURES}[args.kind]
             print(f"wrote {render(args.inputs, args.out, **extra)}")
         else:
-            print(f"wrote {write_index(args.files, args.out)}")
+            print(f"wrote {write_index(args.files, args.out, args.profiles)}")
     except MetareproError as exc:
         print(f"metarepro report {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -165,7 +168,44 @@ def _humanize(stem: str) -> str:
     return " ".join(DATASET_LABELS.get(w, method_label(w)) for w in words)
 
 
-def write_index(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+def _profile_dirs(config: Path) -> tuple[str, Path, Path]:
+    """(profile, reports folder, figures folder) of a config file; unset keys as config/config.yaml's defaults."""
+    from .. import yaml_io
+
+    cfg = yaml_io.safe_load(config.read_text()) or {}
+    reports = Path(cfg.get("reports_dir") or "reports")
+    return str(cfg.get("profile") or config.stem), reports, Path(cfg.get("figures_dir") or reports / "figures")
+
+
+def _other_profiles(configs: Sequence[str | os.PathLike], base: Path) -> list[str]:
+    """Markdown listing, per profile, its report folder and the tables, figures and notes in it on disk (sorted)."""
+    lines: list[str] = []
+    for config in sorted(map(Path, configs)):
+        profile, reports, figs = _profile_dirs(config)
+        if reports.resolve() == base.resolve():
+            continue                                  # this index's own profile: listed above
+        tables = sorted(reports.glob("tables/*.md"))
+        pngs = sorted(figs.glob("*.png"))
+        notes = sorted(p for p in reports.glob("*.md"))
+        if not (tables or pngs or notes):             # no link: the folder is not there
+            lines += [f"### {profile} (`{config.as_posix()}`): `{reports.as_posix()}/`", "",
+                      f"Not rendered here: `snakemake --cores N --configfile {config.as_posix()}` writes it.", ""]
+            continue
+        lines += [f"### {profile} (`{config.as_posix()}`): [{reports.as_posix()}/]({_rel(reports, base)}/)", ""]
+        lines += [f"- [{p.name}]({_rel(p, base)})" for p in notes]
+        for md in tables:
+            csv_path = md.with_suffix(".csv")
+            extra = f" ([csv]({_rel(csv_path, base)}))" if csv_path.is_file() else ""
+            lines.append(f"- table [{_md_title(md)}]({_rel(md, base)}){extra}")
+        lines += [f"- figure [{p.stem}]({_rel(p, base)})" for p in pngs]
+        lines.append("")
+    return lines
+
+
+def write_index(files: Sequence[str | os.PathLike], out: str | os.PathLike,
+                profiles: Sequence[str | os.PathLike] = ()) -> Path:
+    """The index of this profile's report files, then (from `profiles`, the other config files) every other
+    profile's report folder with what it holds on disk."""
     from .figures import read_png_profile
 
     out = Path(out)
@@ -211,6 +251,11 @@ def write_index(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> P
                 by_profile.setdefault(prof, []).append(f"figure `{f.stem}`")
     if others:
         lines += ["## Other files", ""] + [f"- [{f.name}]({_rel(f, base)})" for f in others] + [""]
+    others_lines = _other_profiles(profiles, base)
+    if others_lines:
+        lines += ["## Other profiles", "",
+                  "Each profile's reports, as they are in this checkout (a profile's own index, where it has one, "
+                  "describes them):", ""] + others_lines
     lines += ["## Which config profile produced what", ""]
     if by_profile:
         lines += [f"- **{prof}**: {', '.join(items)}" for prof, items in by_profile.items()]
