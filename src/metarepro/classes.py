@@ -17,6 +17,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .dataset_cards import DATASET_CARDS
+
 SPLITS_DIR = Path(__file__).resolve().parent / "data" / "splits"
 
 # CIFAR-100's 20 superclasses and their 5 fine classes each (Krizhevsky 2009; the dataset's coarse_labels):
@@ -47,11 +49,15 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
 _CUB_FILES = {"train": "base", "val": "val", "test": "novel"}
 CONCEPTS_DIR = Path(__file__).resolve().parent / "data" / "concepts"
 BIRD = "n01503061"
-# Datasets cut from the same image collection: a shared class there can be the very same images, which is the
-# whole point of separating their splits, so such a pair is refused; other pairs are evaluated, and the overlap
-# reported (and optionally dropped from the target's episodes).
-IMAGE_COLLECTION = {"cifarfs": "CIFAR-100", "fc100": "CIFAR-100", "miniimagenet": "ImageNet",
-                    "tieredimagenet": "ImageNet"}
+# Datasets cut from the same image collection (their cards' `collection`): a shared class there can be the very
+# same images, which is the whole point of separating their splits, so such a pair is refused; other pairs are
+# evaluated, and the overlap reported (and optionally dropped from the target's episodes).
+IMAGE_COLLECTION = {name: c.collection for name, c in DATASET_CARDS.items() if c.collection}
+
+
+def _card_concepts(dataset: str) -> str:
+    card = DATASET_CARDS.get(dataset)
+    return card.concepts if card is not None else ""
 
 
 @lru_cache(maxsize=1)
@@ -67,11 +73,12 @@ def _wordnet() -> dict[str, dict]:
 
 def concept(dataset: str, name: str) -> str | None:
     """The WordNet id of class `name` of `dataset` (None: no concept, e.g. an Omniglot character)."""
-    if dataset in ("cifarfs", "fc100"):
+    kind = _card_concepts(dataset)
+    if kind == "cifar100":
         return _cifar_concepts().get(name)
-    if dataset in ("miniimagenet", "tieredimagenet"):
+    if kind == "wnid":
         return name if name in _wordnet() else None
-    if dataset == "cub":
+    if kind == "bird":
         return BIRD
     return None
 
@@ -107,7 +114,7 @@ def describe_overlap(target: str, shared: dict[str, list[str]], source: str | No
     """ "lion (lion), school bus (bus)": each target class (its concept's name) with the source classes it
     overlaps."""
     def name(ds: str | None, n: str) -> str:       # a wnid class by its synset's first lemma
-        return concept_name(n).replace("_", " ") if ds in ("miniimagenet", "tieredimagenet") else n
+        return concept_name(n).replace("_", " ") if ds is not None and _card_concepts(ds) == "wnid" else n
     items = [f"{name(target, t)} ({', '.join(name(source, s) for s in srcs[:3])}"
              + (f" +{len(srcs) - 3}" if len(srcs) > 3 else "") + ")" for t, srcs in shared.items()]
     return ", ".join(items)
@@ -117,18 +124,22 @@ def describe_overlap(target: str, shared: dict[str, list[str]], source: str | No
 def split_class_names(dataset: str, split: str) -> tuple[str, ...] | None:
     """The class names of `split` ('train' | 'val' | 'test') of `dataset`'s standard split; None where the split
     files do not name them (Omniglot's depend on the split option, tieredImageNet's on words.txt)."""
-    if dataset == "cifarfs":
-        return tuple(c for _, c in json.loads((SPLITS_DIR / "cifar_fs_torchmeta" / f"{split}.json").read_text()))
-    if dataset == "fc100":
-        supers = json.loads((SPLITS_DIR / "fc100_torchmeta" / f"{split}.json").read_text())
-        return tuple(c for s in supers for c in CIFAR100_SUPERCLASSES[s])
-    if dataset == "miniimagenet":
-        with open(SPLITS_DIR / "miniimagenet_ravi" / f"{split}.csv", newline="") as f:
+    card = DATASET_CARDS.get(dataset)
+    folder, fmt = card.split_files if card is not None else ("", "")
+    if not folder:
+        return None
+    d = SPLITS_DIR / folder
+    if fmt == "class_pairs":                    # torchmeta's CIFAR-FS: [superclass, class] pairs
+        return tuple(c for _, c in json.loads((d / f"{split}.json").read_text()))
+    if fmt == "cifar100_superclasses":          # torchmeta's FC100: superclasses, each of 5 classes
+        return tuple(c for s in json.loads((d / f"{split}.json").read_text()) for c in CIFAR100_SUPERCLASSES[s])
+    if fmt == "ravi_csv":                       # Ravi & Larochelle's csv files: filename,label
+        with open(d / f"{split}.csv", newline="") as f:
             return tuple(dict.fromkeys(row["label"] for row in csv.DictReader(f)))
-    if dataset == "cub":
-        d = json.loads((SPLITS_DIR / "cub_closerlook_chen" / f"{_CUB_FILES[split]}.json").read_text())
-        return tuple(d["label_names"][i] for i in sorted(set(d["image_labels"])))
-    return None
+    if fmt == "closerlook_json":                # Chen et al.'s base / val / novel json files
+        js = json.loads((d / f"{_CUB_FILES[split]}.json").read_text())
+        return tuple(js["label_names"][i] for i in sorted(set(js["image_labels"])))
+    raise ValueError(f"dataset card {dataset!r}: unknown split file format {fmt!r}")
 
 
 def overlap_error(source: str, target: str, shared: "list[str] | dict[str, list[str]]") -> str:

@@ -25,6 +25,13 @@ class DatasetCard:
     # images per class of the full dataset, where a copy (the mirror's) may be a subset: a run on a subset is not
     # compared with numbers published on the full dataset (its prepared meta.json says which it is)
     full_images_per_class: int | None = None
+    # its classes, for cross-domain overlap (metarepro.classes): the image collection it is cut from (two datasets of
+    # one collection may share images: such a pair is refused), how a class name maps to a WordNet concept
+    # ("wnid": the name is one; "cifar100": the shipped CIFAR-100 table; "bird": every class is a bird species), and
+    # where its standard split's class names are: a folder of data/splits and that folder's format
+    collection: str = ""
+    concepts: str = ""
+    split_files: tuple[str, str] = ("", "")
 
 
 _SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the paper's description and its authors' "
@@ -37,13 +44,17 @@ _SYNTHETIC_NOTE = ("G-Meta's synthetic benchmarks, regenerated here from the pap
 _CARDS = (
     DatasetCard("sinusoid", "Sinusoid", "regression", 1000, on_the_fly=True, options="dataset_sinusoid"),
     DatasetCard("omniglot", "Omniglot", "image", 4000, image_size=28, options="dataset_omniglot"),
-    DatasetCard("cifarfs", "CIFAR-FS", "image", 6000, image_size=32),
-    DatasetCard("fc100", "FC100", "image", 6000, image_size=32),
+    DatasetCard("cifarfs", "CIFAR-FS", "image", 6000, image_size=32, collection="CIFAR-100", concepts="cifar100",
+                split_files=("cifar_fs_torchmeta", "class_pairs")),
+    DatasetCard("fc100", "FC100", "image", 6000, image_size=32, collection="CIFAR-100", concepts="cifar100",
+                split_files=("fc100_torchmeta", "cifar100_superclasses")),
     DatasetCard("miniimagenet", "miniImageNet", "image", 12000, image_size=84, options="dataset_sized",
-                full_images_per_class=600),
+                full_images_per_class=600, collection="ImageNet", concepts="wnid",
+                split_files=("miniimagenet_ravi", "ravi_csv")),
     DatasetCard("tieredimagenet", "tieredImageNet", "image", 32000, image_size=84,
-                options="dataset_sized"),
-    DatasetCard("cub", "CUB", "image", 12000, image_size=84, options="dataset_sized"),
+                options="dataset_sized", collection="ImageNet", concepts="wnid"),
+    DatasetCard("cub", "CUB", "image", 12000, image_size=84, options="dataset_sized", concepts="bird",
+                split_files=("cub_closerlook_chen", "closerlook_json")),
     DatasetCard("synthetic_cycle", "Synthetic Cycle", "graph", 3000, synthesized=True, options="dataset_synthetic_graph",
                 note=_SYNTHETIC_NOTE.format(basis="50-node cycle")),
     DatasetCard("synthetic_ba", "Synthetic BA", "graph", 3000, synthesized=True, options="dataset_synthetic_graph",

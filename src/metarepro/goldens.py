@@ -3,11 +3,13 @@
 Strict numerics promise the same bits on any x86-64 CPU with AVX2 (metarepro.numerics). This module makes that
 promise checkable. Two sets:
 - `tiny`: three small runs built here (sinusoid MAML, and ProtoNet and a short Conv-4 MAML on seeded synthetic
-  16x16 images), a few seconds each; `tests/goldens.json` holds their hashes and the CPU they came from, and the
-  test suite reruns them in strict mode (`python -m metarepro.goldens check`).
+  16x16 images), a few seconds each, specified in `tests/goldens_runs.yaml`; `tests/goldens.json` holds their
+  hashes and the CPU they came from, and the test suite reruns them in strict mode (`python -m metarepro.goldens
+  check`).
 - `default`: the default profile's cheapest strict runs (sinusoid MAML at 5/10/20 shots, ProtoNet Omniglot 1-shot
   and CIFAR-FS 5-shot, Omniglot MAML 1-shot), hashed from their eval.json files (`python -m metarepro.goldens default`);
-  `benchmarks/goldens_default.json` holds them, with each run's CPU and ISA.
+  `benchmarks/goldens_default.json` names them (`<dataset>/<method>/<w>way<k>shot`) and holds their hashes, with
+  each run's CPU and ISA.
 A mismatch means this machine's numerics differ from those of the machine that wrote the goldens (another ISA path,
 another library build, strict mode off), not that the code is wrong; the message names the run and both CPUs.
 
@@ -35,10 +37,19 @@ from .numerics import apply_strict
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GOLDENS = REPO / "tests" / "goldens.json"
+TINY_RUNS = REPO / "tests" / "goldens_runs.yaml"
 DEFAULT_GOLDENS = REPO / "benchmarks" / "goldens_default.json"
-# the default profile's runs whose per-episode scores are hashed: (dataset, method, ways, shots)
-DEFAULT_RUNS = [("sinusoid", "maml", 1, 5), ("sinusoid", "maml", 1, 10), ("sinusoid", "maml", 1, 20),
-                ("omniglot", "protonet", 5, 1), ("cifarfs", "protonet", 5, 5), ("omniglot", "maml", 5, 1)]
+
+
+def default_runs(goldens: Path) -> list[tuple[str, str, int, int]]:
+    """The default profile's runs whose per-episode scores are hashed, (dataset, method, ways, shots), read from the
+    keys of the goldens file (`<dataset>/<method>/<w>way<k>shot`): adding a key adds a run."""
+    out = []
+    for key in sorted(json.loads(goldens.read_text())["runs"]):
+        dataset, method, setting = key.split("/")
+        ways, shots = setting.removesuffix("shot").split("way")
+        out.append((dataset, method, int(ways), int(shots)))
+    return out
 
 
 def digest(per_episode: list[float]) -> str:
@@ -46,8 +57,9 @@ def digest(per_episode: list[float]) -> str:
     return hashlib.sha256(np.asarray(per_episode, dtype=np.float64).tobytes()).hexdigest()
 
 
-def _synthetic(root: Path) -> Path:
-    """Seeded random 16x16 grey images, 6 classes per split (the same bytes on every machine)."""
+def _synthetic(root: Path, dataset: str) -> Path:
+    """Seeded random 16x16 grey images, 6 classes per split (the same bytes on every machine), written in the
+    prepared format of `dataset` (an image dataset)."""
     from .data.store import write_dataset
     rng = np.random.default_rng(20261206)
     splits = {}
@@ -55,26 +67,20 @@ def _synthetic(root: Path) -> Path:
         labels = np.repeat(np.arange(6), 6)
         images = rng.integers(0, 256, (len(labels), 16, 16, 1), dtype=np.uint8)
         splits[split] = (images, labels, [f"{split}{i}" for i in range(6)])
-    return write_dataset(root / "omniglot", "omniglot", splits, {}, "synthetic (metarepro.goldens)")
+    return write_dataset(root / dataset, dataset, splits, {}, "synthetic (metarepro.goldens)")
 
 
-def _tiny_runs(data_dir: Path, out: Path) -> dict[str, Any]:
+def _tiny_runs(spec: dict, data_dir: Path, out: Path) -> dict[str, Any]:
+    """The runs of `spec` (tests/goldens_runs.yaml), shortened by its `train` settings; experiments on its
+    `synthetic` dataset read the synthetic images in `data_dir`."""
     from .config import resolve_run, validate_config
-    image = {"backbone": "conv4", "backbone_args": {"filters": 8}, "ways": 3, "shots": [1]}
-    cfg = validate_config({
-        "experiments": {
-            "sine": {"dataset": "sinusoid", "backbone": "mlp", "backbone_args": {"hidden": [40, 40]}, "ways": 1,
-                     "shots": [5], "methods": {"maml": {"inner_lr": 0.01, "inner_steps": 1, "eval_inner_steps": 1}}},
-            "img": {"dataset": "omniglot", **image,
-                    "methods": {"protonet": {}, "maml": {"inner_lr": 0.4, "inner_steps": 1, "eval_inner_steps": 2}}}},
-        "evaluation": {"episodes": 40, "queries": 3, "seed": 0}})
-    train = {"iterations": 6, "meta_batch": 2, "queries": 3, "val_every": 6, "val_episodes": 4, "checkpoint_every": 6}
+    cfg = validate_config(spec["config"])
     runs = {}
-    for name, (exp, method, shots) in {"sinusoid-maml": ("sine", "maml", 5), "synthetic-protonet": ("img", "protonet", 1),
-                                       "synthetic-conv4-maml": ("img", "maml", 1)}.items():
+    for name, (exp, method, shots) in spec["runs"].items():
         run = resolve_run(cfg, exp, method, shots, 0)
-        runs[name] = dataclasses.replace(run, train={**run.train, **train}, run_dir=str(out / name),
-                                         data_dir=str(data_dir) if exp == "img" else run.data_dir)
+        synthetic = cfg["experiments"][exp]["dataset"] == spec["synthetic"]
+        runs[name] = dataclasses.replace(run, train={**run.train, **spec["train"]}, run_dir=str(out / name),
+                                         data_dir=str(data_dir) if synthetic else run.data_dir)
     return runs
 
 
@@ -83,11 +89,13 @@ def run_tiny() -> tuple[dict[str, str], dict[str, Any]]:
     from . import numerics
     from .evaluate import evaluate
     from .train import metatrain
+    from .yaml_io import safe_load
+    spec = safe_load(TINY_RUNS.read_text())
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = _synthetic(root)
-        for name, run in _tiny_runs(data, root / "runs").items():
+        data = _synthetic(root, spec["synthetic"])
+        for name, run in _tiny_runs(spec, data, root / "runs").items():
             metatrain(run, progress=False)
             ev = json.loads(evaluate(run.run_dir, progress=False).read_text())
             out[name] = digest(ev["per_episode"])
@@ -122,7 +130,7 @@ def write(goldens: Path) -> int:
 def default(results: Path, out: Path, verify: bool) -> int:
     """Hash the default profile's golden runs from their eval.json files (or compare them with `out`)."""
     runs, missing = {}, []
-    for dataset, method, ways, shots in DEFAULT_RUNS:
+    for dataset, method, ways, shots in default_runs(out):
         path = Path(run_dir({"results_dir": str(results)}, dataset, method, ways, shots, 0)) / "eval.json"
         if not path.exists():
             missing.append(str(path))
