@@ -21,6 +21,7 @@ TRAIN_LOG_PLOTTED: tuple[str, ...] = TRAIN_LOG_FIELDS[:5]   # what the training-
 PRETRAIN_LOG_FIELDS: tuple[str, ...] = ("step", "epoch", "loss", "accuracy", "val_mean", "val_ci95", "lr", "elapsed_s")
 
 MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"       # a finished job's config with its provenance (every training stage)
 MODEL_KEYS: tuple[str, ...] = ("run", "state", "best_iteration", "val_mean", "val_ci95", "wall_time_s")
 
 EVAL_FILE = "eval.json"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .config import run_dir
+from .formats import EVAL_FILE
 from .numerics import apply_strict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +132,7 @@ def default(results: Path, out: Path, verify: bool) -> int:
     """Hash the default profile's golden runs from their eval.json files (or compare them with `out`)."""
     runs, missing = {}, []
     for dataset, method, ways, shots in default_runs(out):
-        path = Path(run_dir({"results_dir": str(results)}, dataset, method, ways, shots, 0)) / "eval.json"
+        path = Path(run_dir({"results_dir": str(results)}, dataset, method, ways, shots, 0)) / EVAL_FILE
         if not path.exists():
             missing.append(str(path))
             continue

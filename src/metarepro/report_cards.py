@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .formats import CONFIG_FILE, EVAL_FILE, TRAIN_LOG
+
 
 @dataclass(frozen=True)
 class FigureCard:
@@ -29,21 +31,21 @@ _CML = ("One of CML's analyses (Shin et al. 2024): ``cml_noise`` (CML against Ga
         "meta-gradient), ``cml_cosine`` (cosine similarity of the learner's and the co-learner's meta-gradients on "
         "the feature extractor), ``grad_norms`` (the feature extractor's meta-gradient norm), ``cka`` (linear CKA of "
         "the query features before and after adaptation) or ``tsne`` (t-SNE of adapted query features). This one: ")
-_TRAIN = ("train_log.csv", "config.yaml")
+_TRAIN = (TRAIN_LOG, CONFIG_FILE)
 
 FIGURE_CARDS: dict[str, FigureCard] = {c.kind: c for c in (
     FigureCard("curves", "curves", _TRAIN, True, paper=True,
                caption="meta-training curves of every run in the report (meta-training loss, and validation accuracy "
                        "or MSE at each validation step), read from each run's ``train_log.csv``."),
-    FigureCard("inner_steps", "inner_steps", ("eval.json",), False,
+    FigureCard("inner_steps", "inner_steps", (EVAL_FILE,), False,
                caption="test accuracy (or MSE) as a function of the number of inner-loop adaptation steps at test "
                        "time, per method and setting, with 95% confidence intervals over the fixed evaluation "
                        "episodes."),
-    FigureCard("fits", "sinusoid_fits", ("eval.json",), False, only_kind="regression",
+    FigureCard("fits", "sinusoid_fits", (EVAL_FILE,), False, only_kind="regression",
                caption="sinusoid regression after adapting on K support points (Finn et al. 2017, Fig. 2): the true "
                        "function, the support points, and each method's prediction before and after its inner-loop "
                        "steps."),
-    FigureCard("gates", "gates", ("eval.json",), False, only_flag="records_gates",
+    FigureCard("gates", "gates", (EVAL_FILE,), False, only_flag="records_gates",
                caption="Meta-LSTM's input gate (the learned learning rate) and forget gate (the learned shrinkage) "
                        "at each inner step, averaged over all learner parameters, with 95% confidence intervals over "
                        "the first ``curve_episodes`` test episodes; one line per run, e.g. 1-shot vs 5-shot (cf. "
@@ -54,7 +56,7 @@ FIGURE_CARDS: dict[str, FigureCard] = {c.kind: c for c in (
                        "accuracy or MSE (right), one line per run, read from each run's ``train_log.csv`` (columns "
                        "``val_inner_loss_var`` and ``val_mean``). Runs with no meta-training iterations (baselines) "
                        "are left out."),
-    *(FigureCard(k, k, _TRAIN + ("eval.json",), True, caption=_CML + k + ".")
+    *(FigureCard(k, k, _TRAIN + (EVAL_FILE,), True, caption=_CML + k + ".")
       for k in ("cml_noise", "cml_cosine", "grad_norms", "cka", "tsne")),
 )}
 RENDERERS: tuple[str, ...] = tuple(c.renderer for c in FIGURE_CARDS.values())

@@ -18,7 +18,7 @@ from torch import nn
 from . import data as datasets
 from . import methods, models
 from .config import RunConfig
-from .formats import MODEL_KEYS, TRAIN_LOG
+from .formats import CONFIG_FILE, MODEL_KEYS, TRAIN_LOG
 from .methods.base import MetaLearner
 from .utils import MetareproError, atomic_path, write_text_atomic, write_yaml_atomic
 
@@ -67,7 +67,7 @@ def write_outputs(artifact: Path, final: dict, log_fields: list[str], rows: list
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(out / TRAIN_LOG, buf.getvalue())
-    write_yaml_atomic(out / "config.yaml", {**config, "provenance": {
+    write_yaml_atomic(out / CONFIG_FILE, {**config, "provenance": {
         "git_revision": final["git_revision"], "torch_version": str(torch.__version__), "wall_time_s": round(wall, 2),
         "peak_memory_mb": round(final["peak_memory_mb"], 1), "device": final.get("device", "cpu"), **provenance}})
     with atomic_path(artifact) as tmp:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..formats import EVAL_FILE
 from ..addon_cards import ADDON_CARDS
 from ..utils import MetareproError
 from .figures import _run_label, _save, load_run_dir
@@ -37,7 +38,7 @@ def _runs(run_dirs: Sequence[str | os.PathLike]) -> list[tuple[Path, dict, pd.Da
     out = []
     for d in run_dirs:
         cfg, df = load_run_dir(d)
-        ev_path = Path(d) / "eval.json"
+        ev_path = Path(d) / EVAL_FILE
         ev = load_eval(ev_path) if ev_path.exists() else None     # checked: a malformed file is named
         out.append((Path(d), cfg, df, ev))
     return out
@@ -104,7 +105,7 @@ def figure_grad_norms(run_dirs, out) -> Path:
 
 
 def figure_cml_noise(run_dirs, out) -> Path:
-    runs = _with(_runs(run_dirs), lambda r: r[3] is not None, "eval.json", "(evaluate the runs)", "cml_noise")
+    runs = _with(_runs(run_dirs), lambda r: r[3] is not None, EVAL_FILE, "(evaluate the runs)", "cml_noise")
     if not any(_is_control(c) for _, c, _, _ in runs):
         raise MetareproError("figure --kind cml_noise: no run is a noise-matched control "
                              "(a '<method>@noise+cml' run with addons: {cml: {control: noise}})")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..formats import CONFIG_FILE, EVAL_FILE
 from ..cards import cards
 from ..config import ADDON_KINDS, MethodName
 from ..dataset_cards import REGRESSION
@@ -101,8 +102,8 @@ def _iterations(cfg: dict) -> int:
 
 def load_run_cost(run_dir: str | os.PathLike) -> RunCost:
     run_dir = Path(run_dir)
-    ev = load_eval(run_dir / "eval.json")
-    cfg_path = run_dir / "config.yaml"
+    ev = load_eval(run_dir / EVAL_FILE)
+    cfg_path = run_dir / CONFIG_FILE
     cfg = _load_run_config(cfg_path)
     missing = [k for k in EVAL_NUMBERS if not _is_number(ev.get(k))]
     if missing:

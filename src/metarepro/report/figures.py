@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..dataset_cards import REGRESSION  # noqa: E402
-from ..formats import TRAIN_LOG_PLOTTED  # noqa: E402
+from ..formats import CONFIG_FILE, TRAIN_LOG, TRAIN_LOG_PLOTTED  # noqa: E402
 from ..utils import MetareproError, atomic_path  # noqa: E402
 from .tables import (DATASET_LABELS, DATASET_ORDER, Group, aggregate, load_eval, load_paper_results,  # noqa: E402
                      match_paper, method_label, read_run_config, run_setup, setting_label, setup_differences)
@@ -59,7 +59,7 @@ def _save(fig, out: str | os.PathLike, profiles: Sequence[str]) -> Path:
 
 def load_run_dir(run_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
     run_dir = Path(run_dir)
-    cfg_path, log_path = run_dir / "config.yaml", run_dir / "train_log.csv"
+    cfg_path, log_path = run_dir / CONFIG_FILE, run_dir / TRAIN_LOG
     cfg = read_run_config(cfg_path)
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("dataset", "method", "ways", "shots", "seed")):
         raise MetareproError(f"run config {cfg_path} is malformed: needs dataset, method, ways, shots, seed")
@@ -153,7 +153,7 @@ def figure_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
 
 def _inner_loss_rows(run_dir: str | os.PathLike, log_df: pd.DataFrame) -> pd.DataFrame:
     """The validation rows that carry the inner-loss statistics; an error naming the log if there are none."""
-    path = Path(run_dir) / "train_log.csv"
+    path = Path(run_dir) / TRAIN_LOG
     missing = [c for c in INNER_LOSS_COLUMNS if c not in log_df.columns]
     if missing:
         raise MetareproError(f"training log {path} lacks columns {missing} (written by training since the inner-loss "
