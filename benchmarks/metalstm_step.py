@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from metarepro import models
+from metarepro.cards import card
 from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.methods.metalstm import MetaLSTM, preprocess
@@ -68,7 +69,9 @@ def build(cls, seed: int) -> MetaLSTM:
     torch.manual_seed(seed)
     model = models.build("conv4", IN_SHAPE, WAYS, filters=FILTERS)
     torch.manual_seed(seed + 1)
-    return cls(model, "classification", inner_steps=STEPS, eval_inner_steps=STEPS)
+    # a subclass, so not methods.build: the card's defaults by hand (the constructors have none)
+    return cls(model, "classification",
+               **{**card("metalstm").defaults(), "inner_steps": STEPS, "eval_inner_steps": STEPS})
 
 
 def summary(xs: list[float]) -> dict[str, float]:

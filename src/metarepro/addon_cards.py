@@ -22,7 +22,8 @@ class AddonCard:
     citation: str = ""
     default: bool = False           # its kind's default: what a run without such an add-on gets; never in a name
     # a JSON-schema fragment per setting, as written in a method's block: `addons: {<name>: {...}}`; `default` only
-    # where the code fills one in (a default here is written into every resolved run config)
+    # where the code fills one in (a default here is written into every resolved run config, and metarepro.addons
+    # fills it in for a setting its block omits: the constructors carry no defaults of their own)
     hparams: dict[str, dict] = field(default_factory=dict)
     choices: str = ""               # what its paper leaves open and we chose (printed under every table that uses it)
     on_graphs: bool = False         # tested on node classification (the GNN backbone)
@@ -40,6 +41,11 @@ class AddonCard:
     @property
     def predicts_at_test(self) -> bool:
         return bool(self.test_name)
+
+    def defaults(self) -> dict:
+        """Every setting's default (what the add-on gets when its block omits the setting); a setting without one
+        (cml's `control`) is left to the constructor."""
+        return {k: v["default"] for k, v in self.hparams.items() if "default" in v}
 
     def schema(self) -> dict:
         """The JSON schema of its block under a method's `addons:`."""

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from tiny import random_image_tasks
 
 from metarepro import addons, formats, methods, models
-from metarepro.addons.cml import CoLearner
 from metarepro.addons.ht import HardTaskSampler, failure_class
 from metarepro.addons.mean import MeanAggregator
 from metarepro.addons.oamfs import CosineAggregator, cosine_weights
@@ -68,12 +67,14 @@ def test_addon_cards_equal_registries_and_method_grammar():
         assert bool(ADDON_CARDS[n].noise_control) == ("control" in inspect.signature(cls.__init__).parameters), n
     for n, cls in {**addons.SAMPLERS, **addons.AGGREGATORS, **addons.TERMS}.items():
         assert cls.name == n
-        # the card's settings are the constructor's keyword arguments, with the same defaults where the card has one
+        # the card's settings are the constructor's arguments; one with a default in the card has none in the
+        # constructor (addons.make fills the card's in), so a second default cannot disagree with the card
         params = inspect.signature(cls.__init__).parameters
         for hp, spec in ADDON_CARDS[n].hparams.items():
             assert hp in params, f"{n}: card setting {hp!r} is not a constructor argument"
             if "default" in spec:
-                assert params[hp].default == spec["default"], f"{n}.{hp}"
+                assert params[hp].default is inspect.Parameter.empty, \
+                    f"{n}.{hp}: the constructor has a default ({params[hp].default!r}); the card's is the only one"
     assert load_schema()["$defs"]["addons"]["properties"].keys() == ADDON_KINDS.keys()
     assert NOT_META_TRAINED == {n for n, c in methods.METHODS.items() if not c.meta_trainable}
     assert MethodName.parse("pamela@q_shared+cml+ht") == MethodName("pamela", "q_shared", ("cml", "ht"))
@@ -117,7 +118,7 @@ def test_stacked_per_task_outcomes_equal_the_task_by_task_loop(method, monkeypat
     stacked = mlp_learner(method, **hp)
     looped = copy.deepcopy(stacked)
     assert stacked.can_stack(tasks)
-    term_s = CoLearner(stacked, (1,), 1, weight=0.5)
+    term_s = addons.make("cml", stacked, (1,), 1, weight=0.5)
     term_l = copy.deepcopy(term_s)
     term_l.meta = [looped]
     a = meta_step(stacked, tasks, frozen_opt(stacked.parameters()), terms=[term_s])
@@ -201,7 +202,7 @@ def test_zero_weight_term_leaves_the_meta_gradient_unchanged(method):
     tasks = random_image_tasks(2, queries=2, seed=3)
     base = copy.deepcopy(learner)
     meta_step(base, tasks, frozen_opt(base.parameters()))
-    term = CoLearner(learner, (1, 28, 28), 5, weight=0.0)
+    term = addons.make("cml", learner, (1, 28, 28), 5, weight=0.0)
     opt = frozen_opt([{"params": list(learner.parameters())}, {"params": list(term.parameters())}])
     stats = meta_step(learner, tasks, opt, terms=[term])
     assert stats["cml_loss"] > 0
@@ -218,7 +219,7 @@ def test_cml_outer_gradient_is_the_hand_computed_sum_of_both_terms():
     torch.manual_seed(0)
     model = models.build("mlp", (1,), 1, hidden=[2]).double()
     learner = methods.build("maml", model, "regression", inner_lr=0.05)
-    term = CoLearner(learner, (1,), 1, weight=0.7).double()
+    term = addons.make("cml", learner, (1,), 1, weight=0.7).double()
     x = torch.tensor([[0.5], [-1.2], [2.0]], dtype=torch.float64); y = torch.tensor([[1.0], [0.3], [-0.7]], dtype=torch.float64)
     u = torch.tensor([[1.5], [-0.4]], dtype=torch.float64); v = torch.tensor([[0.2], [1.1]], dtype=torch.float64)
     task = Task(x, y, u, v)
@@ -314,7 +315,8 @@ def tiny_image_data(root, n_train=8, per_class=12, size=16):
 def test_hard_task_sampler_resamples_the_failure_classes(tmp_path):
     from metarepro.data.episodes import ImageEpisodes
     eps = ImageEpisodes(load_split(tiny_image_data(tmp_path / "d"), "train"), 3, 1, 2, seed=0)
-    s = HardTaskSampler(eps)
+    s = addons.make("ht", eps)
+    assert s.hard_tasks is None                              # the card's default: the meta-batch size
     first = s.sample(0, 2)
     res = lambda cls, acc: TaskResult(1.0, 50.0, acc, cls)  # noqa: E731
     s.feedback(first, [res((0, 1, 2), (100.0, 0.0, 50.0)), res((5, 6, 7), (50.0, 50.0, 100.0))])
@@ -325,7 +327,7 @@ def test_hard_task_sampler_resamples_the_failure_classes(tmp_path):
     assert all(set(t.classes) <= {1, 3, 4, 5} and len(set(t.classes)) == 3 for t in hard)
     assert s.hard_iterations == [2]
     state = s.state_dict()
-    again = HardTaskSampler(eps)
+    again = addons.make("ht", eps)
     again.load_state_dict(state)
     assert [t.classes for t in again.sample(2, 2)] == [t.classes for t in hard]
     assert all(torch.equal(a.x_query, b.x_query) for a, b in zip(again.sample(2, 2), hard))
@@ -414,7 +416,7 @@ def _hand_cml_grads(weight=0.7):
     torch.manual_seed(5)
     model = models.build("mlp", (1,), 1, hidden=[2]).double()
     learner = methods.build("maml", model, "regression", inner_lr=0.05)
-    term = CoLearner(learner, (1,), 1, weight=weight).double()
+    term = addons.make("cml", learner, (1,), 1, weight=weight).double()
     x = torch.tensor([[0.5], [-1.2], [2.0]], dtype=torch.float64); y = torch.tensor([[1.0], [0.3], [-0.7]], dtype=torch.float64)
     u = torch.tensor([[1.5], [-0.4]], dtype=torch.float64); v = torch.tensor([[0.2], [1.1]], dtype=torch.float64)
     task = Task(x, y, u, v)
@@ -470,6 +472,17 @@ def test_noise_control_replaces_the_colearner_gradient_by_noise_of_its_norm():
         torch.testing.assert_close(p.grad, a, atol=1e-12, rtol=0)
     for p, b in zip(phi, gphi):
         torch.testing.assert_close(p.grad, b, atol=1e-12, rtol=0)
+
+
+def test_build_fills_the_addon_card_defaults_without_writing_them_into_the_run():
+    from types import SimpleNamespace
+    run = SimpleNamespace(method="maml+cml", addons={"cml": {"lr": 0.01}})
+    (term,) = addons.build(run, mlp_learner(), (1,), 1).terms
+    assert (term.weight, term.lr, term.noise_control) == (1.0, 0.01, False)   # weight: the card's; control: none
+    assert run.addons == {"cml": {"lr": 0.01}}
+    bare = addons.build(SimpleNamespace(method="maml+cml", addons={}), mlp_learner(), (1,), 1).terms[0]
+    assert (bare.weight, bare.lr) == (ADDON_CARDS["cml"].defaults()["weight"], ADDON_CARDS["cml"].defaults()["lr"])
+    assert ADDON_CARDS["ht"].defaults() == {"hard_tasks": None} and "control" not in ADDON_CARDS["cml"].defaults()
 
 
 def test_noise_control_is_refused_beside_a_per_task_aggregator():

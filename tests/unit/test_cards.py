@@ -12,10 +12,6 @@ from metarepro.config import ANY_TRAIN_WAYS, NOT_META_TRAINED, PRETRAINED_METHOD
 from metarepro.report.tables import method_label
 
 
-def _plain(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
 def test_every_registered_method_has_a_card_and_every_card_a_class():
     assert list(cards()) == list(methods.METHODS)
     for c in cards().values():
@@ -23,12 +19,16 @@ def test_every_registered_method_has_a_card_and_every_card_a_class():
 
 
 @pytest.mark.parametrize("name", list(cards()))
-def test_constructor_defaults_equal_the_card(name):
-    """The card is what runs get (methods.build fills it in); a class used directly must not disagree with it."""
+def test_constructors_carry_no_defaults_of_card_hyperparameters(name):
+    """The card is the only place a default is written (methods.build fills it in): every card hyperparameter is a
+    required argument of its class's constructor, so a class used directly cannot run with a second default."""
     params = inspect.signature(methods.METHODS[name].__init__).parameters
-    for hp, default in cards()[name].defaults().items():
+    for hp in cards()[name].hparams:
         assert hp in params, f"{name}: card hyperparameter {hp!r} is not a constructor argument"
-        assert _plain(params[hp].default) == default, f"{name}.{hp}: constructor {params[hp].default!r} vs card {default!r}"
+        assert params[hp].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY), \
+            f"{name}.{hp}: {params[hp].kind}"
+        assert params[hp].default is inspect.Parameter.empty, \
+            f"{name}.{hp}: the constructor has a default ({params[hp].default!r}); the card's is the only one"
 
 
 def test_build_fills_the_card_defaults():

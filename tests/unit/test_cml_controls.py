@@ -3,8 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from metarepro import methods, models
-from metarepro.addons.cml import CoLearner
+from metarepro import addons, methods, models
 
 try:
     from .tiny import random_image_tasks
@@ -19,7 +18,7 @@ def n_params(m):
 def test_controls_match_the_parameter_count_of_maml_with_cml():
     torch.manual_seed(0)
     base = models.build("conv4", (3, 32, 32), 5, filters=32)
-    co = CoLearner(methods.build("maml", base, "classification"), (3, 32, 32), 5)
+    co = addons.make("cml", methods.build("maml", base, "classification"), (3, 32, 32), 5)
     more = models.build("conv4", (3, 32, 32), 5, filters=32, extra_blocks=2)
     branch = models.build("conv4", (3, 32, 32), 5, filters=32, branch=True)
     assert n_params(branch) == n_params(base) + n_params(co)                 # exactly: the same architecture

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro import methods
 from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
-from metarepro.methods.maml import MAML
-from metarepro.methods.mamlpp import MAMLpp, msl_weights
+from metarepro.methods.mamlpp import msl_weights
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
@@ -49,7 +49,7 @@ LRS = np.array([[0.05, 0.11], [0.08, 0.03]])   # [step][w, b]: distinct per laye
 
 def _lslr_learner(w=0.7, b=-0.2, **kw):
     args = {**OFF, "lslr": True, "inner_steps": 2, **kw}
-    learner = MAMLpp(Linear1D(w, b), "regression", **args)
+    learner = methods.build("mamlpp", Linear1D(w, b), "regression", **args)
     with torch.no_grad():
         learner.lslr["w"].copy_(torch.tensor(LRS[:, 0])); learner.lslr["b"].copy_(torch.tensor(LRS[:, 1]))
     return learner
@@ -101,7 +101,8 @@ def test_msl_weight_schedule_matches_official_formula():
     np.testing.assert_allclose(msl_weights(5, 0, 10), [0.2] * 5, atol=1e-12)
     np.testing.assert_allclose(msl_weights(5, 5, 10), [0.1] * 4 + [0.6], atol=1e-12)
     np.testing.assert_allclose(msl_weights(5, 9, 10), [0.02] * 4 + [0.92], atol=1e-12)
-    learner = MAMLpp(Linear1D(0.7, -0.2), "regression", inner_steps=5, msl_epochs=10, per_step_bn=False)
+    learner = methods.build("mamlpp", Linear1D(0.7, -0.2), "regression", inner_steps=5, msl_epochs=10,
+                            per_step_bn=False)
     learner.train()
     learner.set_iteration(2499)                      # 500 iterations per epoch: epoch 4
     np.testing.assert_allclose(learner.current_msl_weights(), [0.12] * 4 + [0.52], atol=1e-12)
@@ -140,8 +141,9 @@ def test_all_tricks_off_with_inner_bn_equals_maml():
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 5, filters=4)      # 16x16: the smallest input Conv4 takes, to keep this fast
     task = random_image_tasks(1, queries=3, size=16)[0]
-    maml = MAML(copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2)
-    pp = MAMLpp(copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2, inner_bn=True, **OFF)
+    maml = methods.build("maml", copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2)
+    pp = methods.build("mamlpp", copy.deepcopy(model), "classification", inner_lr=0.1, inner_steps=2, inner_bn=True,
+                       **OFF)
     losses = []
     for learner in (maml, pp):
         learner.train()
@@ -151,7 +153,8 @@ def test_all_tricks_off_with_inner_bn_equals_maml():
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
     for (k, a), (_, b) in zip(maml.model.named_parameters(), pp.model.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=0, msg=k)
-    pp_shared = MAMLpp(copy.deepcopy(model), "classification", inner_steps=2, **OFF)   # official: BN not adapted
+    # official: BN not adapted
+    pp_shared = methods.build("mamlpp", copy.deepcopy(model), "classification", inner_steps=2, **OFF)
     bn = {f"features.{i}.1.{p}" for i in range(4) for p in ("weight", "bias")}
     assert not bn & set(pp_shared.init_params()) and "features.0.0.weight" in pp_shared.init_params()
 
@@ -164,8 +167,8 @@ def _bn_net():
 def test_per_step_bn_selects_weights_by_step_and_routes_gradients():
     net = _bn_net()
     W, c = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
-    learner = MAMLpp(net, "classification", inner_steps=2, lslr=False, multi_step_loss=False,
-                     derivative_order_annealing=False, inner_lr=0.3)
+    learner = methods.build("mamlpp", net, "classification", inner_steps=2, lslr=False, multi_step_loss=False,
+                            derivative_order_annealing=False, inner_lr=0.3)
     gam = np.array([[1.0, 2.0], [0.5, -1.0]]); bet = np.array([[0.0, 0.1], [-0.3, 0.4]])   # N = 2 slots
     with torch.no_grad():
         learner.bn_weight["1"].copy_(torch.tensor(gam)); learner.bn_bias["1"].copy_(torch.tensor(bet))
@@ -197,11 +200,11 @@ def test_per_step_bn_selects_weights_by_step_and_routes_gradients():
 
 def test_parameter_count_leaves_out_the_batch_norm_weights_per_step_bn_replaces():
     net = _bn_net()                                           # Linear(3, 2): 8, BN: weight 2 + bias 2
-    per_step = MAMLpp(net, "classification", inner_steps=3, lslr=True)
+    per_step = methods.build("mamlpp", net, "classification", inner_steps=3, lslr=True)
     # Linear 8 + per-step BN 3 slots x (2 + 2) = 12 + LSLR 3 steps x 2 tensors = 6; the base BN's 4 never run
     assert per_step.replaced_parameters() == {"1.weight", "1.bias"}
     assert per_step.parameter_count() == 8 + 12 + 6 == sum(p.numel() for p in per_step.parameters()) - 4
-    shared = MAMLpp(_bn_net(), "classification", inner_steps=3, lslr=True, per_step_bn=False)
+    shared = methods.build("mamlpp", _bn_net(), "classification", inner_steps=3, lslr=True, per_step_bn=False)
     assert shared.replaced_parameters() == set()
     assert shared.parameter_count() == sum(p.numel() for p in shared.parameters()) == 8 + 4 + 6
 
@@ -210,7 +213,7 @@ def test_per_step_running_statistics_where_the_backbone_tracks_them():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).double()
     W, c = net[0].weight.detach().numpy().copy(), net[0].bias.detach().numpy().copy()
-    learner = MAMLpp(net, "classification", inner_steps=2, lslr=False)
+    learner = methods.build("mamlpp", net, "classification", inner_steps=2, lslr=False)
     x = torch.randn(6, 3, dtype=torch.float64)
     h = x.numpy() @ W.T + c
     learner.train()
@@ -226,14 +229,14 @@ def test_per_step_running_statistics_where_the_backbone_tracks_them():
 
 
 def test_cosine_annealing_scheduler_and_off_switch():
-    learner = MAMLpp(Linear1D(0.7, -0.2), "regression", min_meta_lr=1e-5, per_step_bn=False)
+    learner = methods.build("mamlpp", Linear1D(0.7, -0.2), "regression", min_meta_lr=1e-5, per_step_bn=False)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     sched = learner.make_scheduler(opt, 10)
     for k in range(1, 11):
         opt.step(); sched.step()
         expected = 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * k / 10)) / 2
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-9)
-    assert MAMLpp(Linear1D(0.7, -0.2), "regression", **OFF).make_scheduler(opt, 10) is None
+    assert methods.build("mamlpp", Linear1D(0.7, -0.2), "regression", **OFF).make_scheduler(opt, 10) is None
 
 
 def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
@@ -241,7 +244,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     hp = dict(inner_lr=0.1, inner_steps=2, eval_inner_steps=4, msl_epochs=2, first_order_epochs=1,
               iterations_per_epoch=1)
     torch.manual_seed(0)
-    learner = MAMLpp(Conv4((1, 28, 28), 5, filters=4), "classification", **hp)
+    learner = methods.build("mamlpp", Conv4((1, 28, 28), 5, filters=4), "classification", **hp)
     before = {k: v.detach().clone() for k, v in learner.state_dict().items()}
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     sched = learner.make_scheduler(opt, 3)
@@ -260,7 +263,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
     scores = learner.evaluate_task(task)                               # 4 > inner_steps: last lr / BN slot reused
     assert len(scores) == 5
     torch.manual_seed(1)
-    clone = MAMLpp(Conv4((1, 28, 28), 5, filters=4), "classification", **hp)
+    clone = methods.build("mamlpp", Conv4((1, 28, 28), 5, filters=4), "classification", **hp)
     clone.load_state_dict(learner.state_dict())
     clone.eval()
     assert clone.evaluate_task(task) == scores and clone.epoch == learner.epoch == 3
@@ -268,7 +271,7 @@ def test_smoke_conv4_all_tricks_trains_and_state_dict_round_trips():
 
 def test_bnrs_is_reachable_from_the_config():
     """backbone_args bn_running_stats: true gives MAML++ per-step running statistics (N slots per BN layer)."""
-    from metarepro import methods, models
+    from metarepro import models
     from metarepro.config import resolve_run, validate_config
     cfg = validate_config({"experiments": {"e": {
         "dataset": "omniglot", "backbone": "conv4", "backbone_args": {"filters": 4, "bn_running_stats": True},

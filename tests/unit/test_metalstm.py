@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro import methods
 from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
 from metarepro.methods.metalstm import MetaLSTM, preprocess
@@ -82,7 +83,7 @@ def _randomise(m: MetaLSTM, seed: int) -> None:
 def test_lstm_written_steps_match_numpy_two_layers():
     torch.manual_seed(0)
     lin = nn.Linear(3, 2).double()
-    m = MetaLSTM(lin, "classification", inner_steps=2, hidden_size=5)
+    m = methods.build("metalstm", lin, "classification", inner_steps=2, hidden_size=5)
     _randomise(m, 1)
     xs = torch.randn(4, 3, dtype=torch.float64); ys = torch.tensor([0, 1, 1, 0])
     X, Yo = xs.numpy(), np.eye(2)[ys.numpy()]
@@ -110,7 +111,7 @@ def test_meta_gradient_treats_learner_gradient_as_constant():
     task = Task(t(X), t(Y), t(U), t(V))
     HS = 2 * np.array([[np.mean(X * X), np.mean(X)], [np.mean(X), 1.0]]); CS = 2 * np.array([np.mean(X * Y), np.mean(Y)])
     HQ = 2 * np.array([[np.mean(U * U), np.mean(U)], [np.mean(U), 1.0]]); CQ = 2 * np.array([np.mean(U * V), np.mean(V)])
-    m = MetaLSTM(Linear1D(0.7, -0.2), "regression", inner_steps=1, hidden_size=4)
+    m = methods.build("metalstm", Linear1D(0.7, -0.2), "regression", inner_steps=1, hidden_size=4)
     _randomise(m, 2)
     c0 = np.array([0.7, -0.2])
     grad_fn = lambda c: (HS @ c - CS, np.mean((c[0] * X + c[1] - Y) ** 2))
@@ -137,7 +138,7 @@ def test_meta_gradient_treats_learner_gradient_as_constant():
 def test_initial_gates_and_gate_trace_shapes():
     torch.manual_seed(0)
     lin = nn.Linear(3, 2).double()
-    m = MetaLSTM(lin, "classification", inner_steps=3)
+    m = methods.build("metalstm", lin, "classification", inner_steps=3)
     assert 4.0 <= m.cell.b_f.item() <= 5.0 and -5.0 <= m.cell.b_i.item() <= -4.0
     n_lstm = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("model."))
     assert n_lstm == 4 * 20 * (4 + 20) + 2 * 4 * 20 + 2 * 22 + 2    # LSTMCell(4, 20) + meta cell
@@ -152,7 +153,7 @@ def test_initial_gates_and_gate_trace_shapes():
 
 def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     torch.manual_seed(0)
-    m = MetaLSTM(Conv4((1, 28, 28), 5, filters=4), inner_steps=3)
+    m = methods.build("metalstm", Conv4((1, 28, 28), 5, filters=4), "classification", inner_steps=3)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
     for _ in range(3):
@@ -161,7 +162,7 @@ def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     after = m.state_dict()
     assert not torch.equal(before["model.head.weight"], after["model.head.weight"])   # c_0 is meta-learned
     assert not torch.equal(before["cell.b_i"], after["cell.b_i"])
-    m2 = MetaLSTM(Conv4((1, 28, 28), 5, filters=4), inner_steps=3)
+    m2 = methods.build("metalstm", Conv4((1, 28, 28), 5, filters=4), "classification", inner_steps=3)
     m2.load_state_dict(after)
     m.eval(); m2.eval()
     task = random_image_tasks(1, queries=2, seed=1)[0]

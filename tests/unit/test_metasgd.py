@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from metarepro import methods
 from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
-from metarepro.methods.metasgd import MetaSGD
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
@@ -33,7 +33,7 @@ def _hand_metasgd(w, b, aw, ab, x, y, u, v):
 
 
 def _learner(w, b, aw, ab, **kw):
-    learner = MetaSGD(Linear1D(w, b), "regression", **kw)
+    learner = methods.build("metasgd", Linear1D(w, b), "regression", **kw)
     with torch.no_grad():
         learner.alpha["w"].fill_(aw)
         learner.alpha["b"].fill_(ab)
@@ -80,7 +80,7 @@ def test_classification_step_is_elementwise_alpha_times_softmax_gradient():
     torch.manual_seed(0)
     lin = nn.Linear(3, 2).double()
     W0, c0 = lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
-    learner = MetaSGD(lin, "classification")
+    learner = methods.build("metasgd", lin, "classification")
     aW = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]); ac = np.array([0.7, 0.8])
     with torch.no_grad():
         learner.alpha["weight"].copy_(torch.tensor(aW)); learner.alpha["bias"].copy_(torch.tensor(ac))
@@ -98,21 +98,21 @@ def test_classification_step_is_elementwise_alpha_times_softmax_gradient():
 def test_alpha_init_shapes_registration_and_names():
     torch.manual_seed(0)
     model = Conv4((1, 28, 28), 5, filters=4)
-    learner = MetaSGD(model, "classification", init_lr=0.01)
+    learner = methods.build("metasgd", model, "classification", init_lr=0.01)
     for name, p in model.named_parameters():
         a = learner.lr(name)
         assert a.shape == p.shape and torch.all(a == 0.01)
     ids = {id(p) for p in learner.parameters()}
     assert all(id(a) in ids for a in learner.alpha.values())
     assert "alpha.features__0__0__weight" in learner.state_dict()
-    ranged = MetaSGD(Conv4((1, 28, 28), 5, filters=4), "classification", init_lr_range=[0.005, 0.1])
+    ranged = methods.build("metasgd", Conv4((1, 28, 28), 5, filters=4), "classification", init_lr_range=[0.005, 0.1])
     vals = torch.cat([a.flatten() for a in ranged.alpha.values()])
     assert vals.min() >= 0.005 and vals.max() <= 0.1 and vals.std() > 0.01
 
 
 def test_smoke_conv4_trains_and_state_dict_round_trips():
     torch.manual_seed(0)
-    learner = MetaSGD(Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.01)
+    learner = methods.build("metasgd", Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.01)
     alpha0 = learner.alpha["head__weight"].detach().clone()
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     learner.train()
@@ -124,7 +124,7 @@ def test_smoke_conv4_trains_and_state_dict_round_trips():
     task = random_image_tasks(1, queries=3, seed=9)[0]
     scores = learner.evaluate_task(task, 2)
     torch.manual_seed(1)
-    clone = MetaSGD(Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.5)
+    clone = methods.build("metasgd", Conv4((1, 28, 28), 5, filters=4), "classification", init_lr=0.5)
     clone.load_state_dict(learner.state_dict())
     clone.eval()
     assert clone.evaluate_task(task, 2) == scores

@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from metarepro import methods
 from metarepro.addons.outer import meta_step
 from metarepro.methods.base import Task
-from metarepro.methods.maml import MAML
-from metarepro.methods.pamela import PAMELA
 from metarepro.models.conv4 import Conv4
 
 try:  # pytest's rootdir import mode puts tests/unit on sys.path
@@ -40,8 +39,8 @@ P = [np.array([0.3, 0.6]), np.array([0.2, 0.45])]                              #
 
 
 def _build(steps, q_mode="per_step", skip=True, window=2, skip_mode="window", **kw):
-    m = PAMELA(Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=steps, q_mode=q_mode, skip=skip,
-               skip_window=window, skip_mode=skip_mode, **kw)
+    m = methods.build("pamela", Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=steps, q_mode=q_mode,
+                      skip=skip, skip_window=window, skip_mode=skip_mode, **kw)
     with torch.no_grad():
         for j, qd in enumerate(m.q):
             qd["w"].fill_(np.log(Q[j][0] / 0.01)); qd["b"].fill_(np.log(Q[j][1] / 0.01))   # Q = 0.01 exp(rho)
@@ -114,8 +113,9 @@ def test_two_steps_with_window_2_skip_and_meta_gradients_to_q_and_p():
 
 def test_q_modes_and_extra_eval_steps_reuse_last_q():
     task = _task()
-    maml = MAML(Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=3)
-    none = PAMELA(Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=3, q_mode="none", skip=False)
+    maml = methods.build("maml", Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=3)
+    none = methods.build("pamela", Linear1D(*TH0), "regression", inner_lr=0.01, inner_steps=3, q_mode="none",
+                         skip=False)
     assert len(none.q) == 0 and len(none.p_raw) == 0 and len(list(none.parameters())) == 2
     for a, b in zip(maml.adapt_trajectory(task, 3, True), none.adapt_trajectory(task, 3, True)):
         np.testing.assert_allclose(_theta(a), _theta(b), atol=1e-12)
@@ -178,16 +178,16 @@ def test_paper_skips_five_steps_window_2_by_hand():
 
 def test_smoke_conv4_meta_steps_and_state_dict_round_trip():
     torch.manual_seed(0)
-    m = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3,
-               skip_mode="window")
+    m = methods.build("pamela", Conv4((1, 28, 28), 5, filters=4), "classification", inner_lr=0.1, inner_steps=2,
+                      eval_inner_steps=3, skip_mode="window")
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     q0 = m.q[0]["head__weight"].detach().clone(); p0 = m.p_raw[0]["head__bias"].detach().clone()
     for _ in range(2):
         stats = meta_step(m, random_image_tasks(1, queries=2), opt, grad_clip=10.0)
         assert np.isfinite(stats["loss"])
     assert not torch.equal(q0, m.q[0]["head__weight"]) and not torch.equal(p0, m.p_raw[0]["head__bias"])
-    m2 = PAMELA(Conv4((1, 28, 28), 5, filters=4), inner_lr=0.1, inner_steps=2, eval_inner_steps=3,
-                skip_mode="window")
+    m2 = methods.build("pamela", Conv4((1, 28, 28), 5, filters=4), "classification", inner_lr=0.1, inner_steps=2,
+                       eval_inner_steps=3, skip_mode="window")
     m2.load_state_dict(m.state_dict())
     m.eval(); m2.eval()
     task = random_image_tasks(1, queries=2, seed=1)[0]
@@ -201,7 +201,7 @@ def test_kernel_granularity_shares_q_and_p_within_each_3x3_kernel():
     'element' is the paper's notation (one per weight), 'channel' one per output channel."""
     torch.manual_seed(0)
     model = Conv4((1, 16, 16), 2, filters=3).double()
-    m = PAMELA(model, "classification", inner_lr=0.1, inner_steps=3, skip_window=2)
+    m = methods.build("pamela", model, "classification", inner_lr=0.1, inner_steps=3, skip_window=2)
     shapes = {k: tuple(v.shape) for k, v in m.q[0].items()}
     assert shapes["features__0__0__weight"] == (3, 1, 1, 1) and shapes["features__1__0__weight"] == (3, 3, 1, 1)
     assert shapes["head__weight"] == tuple(model.head.weight.shape) and shapes["head__bias"] == (2,)
@@ -223,7 +223,8 @@ def test_kernel_granularity_shares_q_and_p_within_each_3x3_kernel():
     by_hand = params[w][1, 2] - 0.1 * float(torch.exp(k[1, 2, 0, 0].detach())) * grads[w][1, 2]
     assert torch.allclose(one[w][1, 2], by_hand, atol=1e-6, rtol=0)
     n = sum(p.numel() for p in model.parameters())
-    extra = lambda g: sum(p.numel() for p in PAMELA(Conv4((1, 16, 16), 2, filters=3), inner_lr=0.1, inner_steps=3,
+    extra = lambda g: sum(p.numel() for p in methods.build("pamela", Conv4((1, 16, 16), 2, filters=3), "classification",
+                                                     inner_lr=0.1, inner_steps=3,
                                                      granularity=g).parameters()) - n
     assert extra("element") == 4 * n                      # 3 Q_j + 1 P^w, each one entry per weight
     assert extra("channel") < extra("kernel") < extra("element")

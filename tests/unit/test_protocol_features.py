@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from metarepro import data as datasets
+from metarepro import methods
 from metarepro import train as train_mod
 from metarepro.config import ConfigError, RunConfig, resolve_run, validate_config
 from metarepro.data.store import write_dataset
 from metarepro.evaluate import ensemble_members, ensemble_scores, evaluate
-from metarepro.methods import MAML, Task
+from metarepro.methods import Task
 from metarepro.train import keep_best, metatrain
 from metarepro.utils import MetareproError
 
@@ -139,8 +140,8 @@ def test_ensemble_averages_the_members_logits():
     # query 0: (3 + 0, 0 + 1) / 2 = (1.5, 0.5) -> class 0; query 1: (1 + 0, 0 + 3) / 2 = (0.5, 1.5) -> class 1
     x = torch.eye(2)
     task = Task(x, torch.tensor([0, 1]), x, torch.tensor([0, 1]))
-    a = MAML(OneHotLogits([[3, 0], [1, 0]]), inner_steps=1).eval()
-    b = MAML(OneHotLogits([[0, 1], [0, 3]]), inner_steps=1).eval()
+    a = methods.build("maml", OneHotLogits([[3, 0], [1, 0]]), "classification", inner_steps=1).eval()
+    b = methods.build("maml", OneHotLogits([[0, 1], [0, 3]]), "classification", inner_steps=1).eval()
     assert a.evaluate_task(task, 0) == [50.0] and b.evaluate_task(task, 0) == [50.0]
     assert ensemble_scores([a, b], task, 0) == [100.0]
     assert ensemble_members(a, {"ensemble": [{"state": a.state_dict()}]}) == []   # one member: no ensemble

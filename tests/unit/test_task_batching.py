@@ -127,7 +127,7 @@ def test_stacked_conv4_forward_normalises_each_task_with_its_own_statistics():
 
 def test_conv4_stacking_is_off_with_running_statistics_or_tapped_features():
     """Running statistics cannot be kept per task, and a co-learner reads (T, N, ...) features: both loop."""
-    from metarepro.addons.cml import CoLearner
+    from metarepro import addons
     from metarepro.models.conv4 import Conv4
     tasks = _image_tasks(3)
     plain = build("maml", Conv4((1, 16, 16), 5, filters=4), "classification")
@@ -142,7 +142,7 @@ def test_conv4_stacking_is_off_with_running_statistics_or_tapped_features():
         torch.manual_seed(0)
         learner = build("maml", Conv4((1, 16, 16), 5, filters=4).double(), "classification", inner_lr=0.1).double()
         learner.model.stack_tasks = stack
-        term = CoLearner(learner, (1, 16, 16), 5).double()
+        term = addons.make("cml", learner, (1, 16, 16), 5).double()
         opt = torch.optim.SGD(list(learner.parameters()) + list(term.parameters()), lr=0.0)
         meta_step(learner, tasks, opt, terms=[term])
         return [p.grad.clone() for p in list(learner.parameters()) + list(term.parameters())]

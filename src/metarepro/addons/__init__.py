@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from ..addon_cards import card
 from ..config import MethodName, RunConfig
 from ..data.episodes import TaskSampler
 from ..methods.base import MetaLearner
@@ -27,6 +28,18 @@ from .oamfs import CosineAggregator
 SAMPLERS: dict[str, type[TaskSampler]] = {"uniform": TaskSampler, "ht": HardTaskSampler}
 AGGREGATORS: dict[str, type[Aggregator]] = {"mean": MeanAggregator, "oamfs": CosineAggregator}
 TERMS: dict[str, type[OuterTerm]] = {"cml": CoLearner}
+
+
+def registry(name: str) -> dict[str, type]:
+    """The registry that binds add-on `name`: SAMPLERS, AGGREGATORS or TERMS."""
+    return {"sampler": SAMPLERS, "aggregator": AGGREGATORS, "term": TERMS}[kind(name)]
+
+
+def make(name: str, *args: Any, **hparams: Any) -> Any:
+    """Construct add-on `name` (after its registry's leading arguments: the episodes of a sampler, the learner,
+    input shape and output size of a term); every setting `hparams` omits gets its card's default (never the
+    constructor's: they have none)."""
+    return registry(name)[name](*args, **{**card(name).defaults(), **hparams})
 
 
 def kind(name: str) -> str:
@@ -47,7 +60,7 @@ class AddOns:
     terms: nn.ModuleList = field(default_factory=nn.ModuleList)
 
     def make_sampler(self, episodes: Any) -> TaskSampler:
-        return SAMPLERS[self.sampler](episodes, **self.sampler_args)
+        return make(self.sampler, episodes, **self.sampler_args)
 
 
 def build(run: RunConfig, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int) -> AddOns:
@@ -56,16 +69,18 @@ def build(run: RunConfig, learner: MetaLearner, in_shape: tuple[int, ...], out_d
     for name in MethodName.parse(run.method).addons:
         hp = dict((run.addons or {}).get(name) or {})
         k = kind(name)
+        # make() fills the settings the block omits from the add-on's card (not written back into run.addons)
         if k == "sampler":
             out.sampler, out.sampler_args = name, hp
         elif k == "aggregator":
-            out.aggregator = AGGREGATORS[name](**hp)
+            out.aggregator = make(name, **hp)
         else:
-            out.terms.append(TERMS[name](learner, in_shape, out_dim, **hp))
+            out.terms.append(make(name, learner, in_shape, out_dim, **hp))
     if out.aggregator.per_task_gradients and any(t.noise_control for t in out.terms):
         raise ValueError(f"method {run.method!r}: the noise control of an outer-loss term needs the mean "
                          f"aggregator, not {out.aggregator.name!r}")
     return out
 
 
-__all__ = ["AGGREGATORS", "SAMPLERS", "TERMS", "AddOns", "Aggregator", "OuterTerm", "build", "kind"]
+__all__ = ["AGGREGATORS", "SAMPLERS", "TERMS", "AddOns", "Aggregator", "OuterTerm", "build", "kind", "make",
+           "registry"]

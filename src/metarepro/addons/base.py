@@ -49,7 +49,8 @@ class OuterTerm(nn.Module):
     # "colearner", CML's dagger) without naming the add-on
     predicts_at_test = False
 
-    def __init__(self, weight: float = 1.0, lr: float = 1e-3) -> None:
+    def __init__(self, weight: float, lr: float) -> None:
+        # no defaults: an add-on's settings come from its card (metarepro.addons.make fills them in)
         super().__init__()
         if weight < 0:
             raise ValueError(f"{self.name}: weight must be >= 0, got {weight}")

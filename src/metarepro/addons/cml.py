@@ -19,9 +19,10 @@ class CoLearner(OuterTerm):
     name = "cml"
     predicts_at_test = True     # CML†: the co-learner classifying the adapted learner's query features
 
-    def __init__(self, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int, weight: float = 1.0,
-                 lr: float = 1e-3, control: str = "none") -> None:
-        # weight: gamma = 1; lr: phi's own Adam at 1e-3 (official code)
+    def __init__(self, learner: MetaLearner, in_shape: tuple[int, ...], out_dim: int, weight: float,
+                 lr: float, control: str = "none") -> None:
+        # weight, lr: defaults and their sources in the card (metarepro.addon_cards); control has no default there
+        #   (runs without a control keep the config they had before it existed): none unless asked
         super().__init__(weight, lr)
         if control not in ("none", "noise"):
             raise ValueError(f"cml: control must be 'none' or 'noise', got {control!r}")

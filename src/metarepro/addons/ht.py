@@ -35,8 +35,8 @@ def failure_class(result: TaskResult) -> int:
 class HardTaskSampler(TaskSampler):
     name = "ht"
 
-    def __init__(self, episodes: ImageEpisodes, hard_tasks: int | None = None) -> None:
-        # hard_tasks: tasks per hard meta-batch; None = the ordinary meta-batch size
+    def __init__(self, episodes: ImageEpisodes, hard_tasks: int | None) -> None:
+        # hard_tasks: tasks per hard meta-batch; None = the ordinary meta-batch size (the card's default)
         if not isinstance(episodes, ImageEpisodes):
             raise ValueError("the hard-task meta-batch needs a classification dataset (it re-samples classes)")
         super().__init__(episodes)

@@ -53,7 +53,7 @@ def build(name: str, model: nn.Module, task_type: str, **hparams: Any) -> MetaLe
     if method is None or method.train_shots is not None or method.base not in METHODS:
         raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} "
                        "(or <method>@<tag> and/or <method>+<addon>, of a-z, 0-9, _)")
-    # every hyperparameter the config omits gets its card's default (never the constructor's)
+    # every hyperparameter the config omits gets its card's default (the constructors have none of their own)
     return METHODS[method.base](model, task_type=task_type, **{**card(method.base).defaults(), **hparams})
 
 

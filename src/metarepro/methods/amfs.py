@@ -49,9 +49,9 @@ from .base import ClosedFormLearner, MetaLearner, Task, TaskOutcome
 class AMFS(MetaLearner):
     name = "amfs"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", bandwidth: float = 1.0,
-                 ridge: float = 0.1, scale: float = 10.0, grad_norm_weight: float = 0.0, info_weight: float = 0.0,
-                 transductive: bool = True, first_order: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, bandwidth: float,
+                 ridge: float, scale: float, grad_norm_weight: float, info_weight: float,
+                 transductive: bool, first_order: bool) -> None:
         # defaults and their sources: the card in method_cards.yaml
         for name, v in (("bandwidth", bandwidth), ("ridge", ridge), ("scale", scale)):
             if v <= 0:

@@ -36,12 +36,13 @@ class AMMGNN(MAML):
     name = "ammgnn"
     task_batching = False
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 5, eval_inner_steps: int | None = 10, first_order: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool) -> None:
         # defaults and their sources: the card in method_cards.yaml
         if task_type != "classification":
             raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")
-        super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order)
+        super().__init__(model, task_type, inner_lr=inner_lr, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=first_order)
         feats = getattr(model, "features", None)
         n_nodes = getattr(feats, "n_nodes", None)
         first = feats.layers[0] if feats is not None and hasattr(feats, "layers") else None

@@ -17,10 +17,11 @@ HEAD = "head."
 class BOIL(MAML):
     name = "boil"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.5,
-                 inner_steps: int = 1, eval_inner_steps: int | None = None, first_order: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool) -> None:
         # defaults and their sources: the card in method_cards.yaml
-        super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order)
+        super().__init__(model, task_type, inner_lr=inner_lr, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=first_order)
 
     def inner_update(self, params: Params, grads: Params, step: int) -> Params:
         return {k: (v - self.inner_lr * grads[k]) if k in grads and not k.startswith(HEAD) else v

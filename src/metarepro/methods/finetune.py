@@ -24,8 +24,8 @@ class Finetune(MetaLearner):
     name = "finetune"
     # needs_pretrained = True, meta_trainable = False: set from its card (method_cards.yaml)
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", steps: int = 100, lr: float = 0.01,
-                 head_only: bool = False, transductive: bool = True) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, steps: int, lr: float,
+                 head_only: bool, transductive: bool) -> None:
         # transductive (head_only only): the frozen support and query features come from one batch, so batch norm
         #   sees all S + Q images; fine-tuning every layer trains on the support batch alone, as the paper's
         # steps, lr: chosen on validation episodes in Ravi & Larochelle 2017 (values not published): tune them

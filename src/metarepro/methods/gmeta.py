@@ -56,12 +56,13 @@ class GMeta(MAML):
     name = "gmeta"
     task_batching = False
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 10, eval_inner_steps: int | None = 20, first_order: bool = True) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool) -> None:
         # defaults and their sources: the card in method_cards.yaml
         if task_type != "classification":
             raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")
-        super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order)
+        super().__init__(model, task_type, inner_lr=inner_lr, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=first_order)
 
     def support_grads(self, params: Params, task: Task, step: int, create_graph: bool) -> dict[str, Tensor]:
         """Gradient of the support nodes' prototypical loss (their logits against their own class means)."""

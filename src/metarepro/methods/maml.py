@@ -15,8 +15,8 @@ class MAML(MetaLearner):
     name = "maml"
     task_batching = True
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 1, eval_inner_steps: int | None = 10, first_order: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool = False) -> None:
         # defaults and their sources: the card in method_cards.yaml
         super().__init__(model, task_type, inner_steps, eval_inner_steps, first_order)
         self.inner_lr = float(inner_lr)
@@ -29,6 +29,7 @@ class FOMAML(MAML):
     """First-order MAML: the registry name `fomaml`."""
     name = "fomaml"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 1, eval_inner_steps: int | None = 10) -> None:
-        super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order=True)
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None) -> None:
+        super().__init__(model, task_type, inner_lr=inner_lr, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=True)

@@ -48,12 +48,12 @@ class MAMLpp(MetaLearner):
     name = "mamlpp"
     task_batching = True
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 5, eval_inner_steps: int | None = 5, first_order: bool = False,
-                 multi_step_loss: bool = True, msl_epochs: int = 10, per_step_bn: bool = True, lslr: bool = True,
-                 derivative_order_annealing: bool = True, first_order_epochs: int = 50,
-                 cosine_annealing: bool = True, min_meta_lr: float = 1e-5, iterations_per_epoch: int = 500,
-                 inner_bn: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool,
+                 multi_step_loss: bool, msl_epochs: int, per_step_bn: bool, lslr: bool,
+                 derivative_order_annealing: bool, first_order_epochs: int,
+                 cosine_annealing: bool, min_meta_lr: float, iterations_per_epoch: int,
+                 inner_bn: bool) -> None:
         # inner_lr: 0.1 Omniglot, 0.01 miniImageNet (official configs, init_inner_loop_learning_rate / task lr)
         # inner_steps: 5 for training and evaluation (Antoniou et al. 2019; official configs number_of_*_steps_per_iter)
         # msl_epochs: 10 Omniglot, 15 miniImageNet (official configs, multi_step_loss_num_epochs)

@@ -47,8 +47,8 @@ class AttLSTMCell(nn.Module):
 class MatchingNet(MetaLearner):
     name = "matchingnet"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", fce: bool = False,
-                 fce_steps: int = 10, transductive: bool = True) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, fce: bool,
+                 fce_steps: int, transductive: bool) -> None:
         # transductive: embed support and query as one batch (batch norm over all S + Q images), as ProtoNet
         # fce: off by default (the paper reports both; FCE helped on miniImageNet, Vinyals et al. 2016, Table 2)
         # fce_steps: K processing steps of the attention LSTM; the paper does not state K (10: our choice)

@@ -69,10 +69,10 @@ class MetaLSTMCell(nn.Module):
 class MetaLSTM(MetaLearner):
     name = "metalstm"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_steps: int = 12,
-                 eval_inner_steps: int | None = None, hidden_size: int = 20, preprocess_p: float = 10.0,
-                 weight_init: float = 0.01, forget_bias_init: tuple[float, float] = (4.0, 5.0),
-                 input_bias_init: tuple[float, float] = (-5.0, -4.0)) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_steps: int,
+                 eval_inner_steps: int | None, hidden_size: int, preprocess_p: float,
+                 weight_init: float, forget_bias_init: tuple[float, float],
+                 input_bias_init: tuple[float, float]) -> None:
         # defaults and their sources (official configs, Andrychowicz et al. 2016): the card in method_cards.yaml
         super().__init__(model, task_type, inner_steps, eval_inner_steps, first_order=False)
         self.preprocess_p = float(preprocess_p)

@@ -25,9 +25,9 @@ class MetaSGD(MetaLearner):
     name = "metasgd"
     task_batching = True
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", init_lr: float = 0.01,
-                 init_lr_range: Sequence[float] | None = None, inner_steps: int = 1,
-                 eval_inner_steps: int | None = 1, first_order: bool = False) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, init_lr: float,
+                 init_lr_range: Sequence[float] | None, inner_steps: int,
+                 eval_inner_steps: int | None, first_order: bool) -> None:
         # init_lr: constant start for every alpha entry (0.01 = MAML's alpha for miniImageNet / sinusoid).
         # init_lr_range: the paper instead draws every alpha entry uniformly from [0.005, 0.1] (Li et al. 2017,
         #   Sec. 4); give [0.005, 0.1] to do that (drawn from the torch RNG, i.e. a function of the run seed).

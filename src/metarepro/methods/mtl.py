@@ -39,9 +39,9 @@ MODES = ("ss", "ft", "theta")
 class MTL(MetaLearner):
     name = "mtl"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 100, eval_inner_steps: int | None = None, shift: str = "all",
-                 ss_lr: float = 1e-4, mode: str = "ss") -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, shift: str,
+                 ss_lr: float, mode: str) -> None:
         # defaults and their sources: the card in method_cards.yaml
         if task_type != "classification":
             raise ValueError(f"{self.name} is a classification method; got task_type {task_type!r}")

@@ -22,7 +22,7 @@ class NearestNeighbor(MetaLearner):
     name = "nearest_neighbor"
     # needs_pretrained = True, meta_trainable = False: set from its card (method_cards.yaml)
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", transductive: bool = True) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, transductive: bool) -> None:
         # transductive: support and query features from one batch (batch norm over all S + Q images); the
         #   pretrained backbone keeps no running statistics (it normalises with the batch, as MAML's Conv-4)
         if task_type != "classification":

@@ -75,10 +75,10 @@ class PAMELA(MetaLearner):
     name = "pamela"
     task_batching = True     # Q_j and P^w act elementwise: they broadcast over a leading task dim
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.01,
-                 inner_steps: int = 5, eval_inner_steps: int | None = 10, first_order: bool = False,
-                 q_mode: str = "per_step", skip: bool = True, skip_window: int = 2,
-                 skip_init: float = 0.1, skip_mode: str = "paper", granularity: str = "kernel") -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool,
+                 q_mode: str, skip: bool, skip_window: int,
+                 skip_init: float, skip_mode: str, granularity: str) -> None:
         # inner_lr: initial value of every Q entry (Q = inner_lr * exp(rho)); MAML's miniImageNet 0.01 (Finn et al. 2017, Sec. 5.2)
         # inner_steps: 5, MAML's miniImageNet training protocol (Finn et al. 2017), whose 63.11% is the
         #   baseline row of PAMELA's ablation; PAMELA's own step count was not recovered from the sources

@@ -34,8 +34,8 @@ def class_means(z: Tensor, y: Tensor, ways: int) -> Tensor:
 class ProtoNet(MetaLearner):
     name = "protonet"
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", distance: str = "sqeuclidean",
-                 cosine_scale: float = 10.0, learn_scale: bool = True, transductive: bool = True) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, distance: str,
+                 cosine_scale: float, learn_scale: bool, transductive: bool) -> None:
         # transductive: embed support and query as one batch (batch norm over all S + Q images), as Snell et al.'s
         #   code does; False: separate batches (a 1-shot support set is then a batch of `ways` images)
         # distance: squared Euclidean (Snell et al. 2017: it beats cosine in their comparison)

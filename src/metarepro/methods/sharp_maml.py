@@ -32,11 +32,12 @@ class SharpMAML(MAML):
     name = "sharp_maml"
     task_batching = False     # the perturbation's norm is per task: keep the per-task loop
 
-    def __init__(self, model: nn.Module, task_type: str = "classification", inner_lr: float = 0.1,
-                 inner_steps: int = 5, eval_inner_steps: int | None = None, first_order: bool = False,
-                 sam_outer: bool = True, sam_inner: bool = True, radius: float = 0.0005) -> None:
+    def __init__(self, model: nn.Module, task_type: str = "classification", *, inner_lr: float,
+                 inner_steps: int, eval_inner_steps: int | None, first_order: bool,
+                 sam_outer: bool, sam_inner: bool, radius: float) -> None:
         # defaults and their sources: the card in method_cards.yaml
-        super().__init__(model, task_type, inner_lr, inner_steps, eval_inner_steps, first_order)
+        super().__init__(model, task_type, inner_lr=inner_lr, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=first_order)
         self.sam_outer, self.sam_inner, self.radius = bool(sam_outer), bool(sam_inner), float(radius)
 
     def support_grads(self, params: Params, task: Task, step: int, create_graph: bool) -> dict[str, Tensor]:
