@@ -416,16 +416,6 @@ def _check_cross_references(cfg: dict, source: str) -> None:
                                     f"{key[0]}, method {m}, {key[2]}-way {k}-shot: rename or remove one")
                 seen[key] = name
         problems += _cross_domain_problems(name, exp)
-    # an experiment that no report lists is trained and tested (rule all builds every run's evaluations) but shown
-    # in no table: with reports configured, that is a report entry forgotten, not a choice. A config without any
-    # report (runs only) is left as it is.
-    listed = {e for rep in (cfg.get("reports") or {}).values() for e in rep["experiments"]}
-    if cfg.get("reports"):
-        for name in cfg["experiments"]:
-            if name not in listed:
-                problems.append(f"'experiments.{name}': no report lists this experiment, so no table would show "
-                                f"its runs; add it to a report's `experiments` (reports: {', '.join(cfg['reports'])}) "
-                                "or remove it")
     for rname, rep in cfg.get("reports", {}).items():
         for e in rep["experiments"]:
             if e not in cfg["experiments"]:

@@ -2,6 +2,9 @@
 
 Each entry says how the dataset is obtained (download + prepare into the compact format of
 store.py, or generated on the fly) and whether tasks are classification or regression.
+
+Importing the package imports no torch: the episode samplers (episodes.py, graphs.py, sinusoid.py) load on first
+use, so that torch-free callers (the workflow's pre-run source check reads data.download) stay torch-free.
 """
 from __future__ import annotations
 
@@ -9,15 +12,27 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from ..dataset_cards import GRAPH, SYNTHESIZED
-from . import graphs
-from .episodes import ImageEpisodes, SinusoidEpisodes, TaskSampler, eval_seed
-from .sinusoid import SinusoidTasks
 from .store import ImageSplit, load_split
+
+if TYPE_CHECKING:
+    from . import graphs
+    from .episodes import ImageEpisodes, SinusoidEpisodes
+
+_LAZY = {"TaskSampler": "episodes", "eval_seed": "episodes", "ImageEpisodes": "episodes",
+         "SinusoidEpisodes": "episodes", "SinusoidTasks": "sinusoid", "graphs": None}
+
+
+def __getattr__(name: str):
+    """The torch-side names of the package, imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_LAZY[name] or name}")
+    return module if _LAZY[name] is None else getattr(module, name)
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,9 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
     evaluation): images are converted to that shape and normalised with that model's training statistics
     (`normalization`, None: left in [0, 1]) instead of this dataset's."""
+    from . import graphs
+    from .episodes import ImageEpisodes, SinusoidEpisodes
+    from .sinusoid import SinusoidTasks
     spec = get(dataset)
     if spec.generated:
         return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
@@ -121,11 +139,13 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
 @lru_cache(maxsize=8)
 def cached_graph_split(data_dir: str, split: str) -> graphs.GraphSplit:
     """A prepared graph split, loaded once per process."""
+    from . import graphs
     return graphs.load_graph_split(data_dir, split)
 
 
 def class_names(data_dir: str, split: str) -> list[str]:
     """The class names of a prepared split."""
+    from . import graphs
     if graphs.is_graph_data(data_dir):
         return [str(c) for c in cached_graph_split(str(Path(data_dir)), split).class_names]
     return [str(c) for c in cached_split(str(Path(data_dir)), split).class_names]
@@ -137,6 +157,7 @@ def input_shape(dataset: str, data_dir: str, dataset_args: dict | None = None) -
     if get(dataset).generated:
         return (1,)
     if get(dataset).graph:
+        from . import graphs
         return graphs.input_shape(data_dir)       # a node sample: (M, M + F)
     h, w, c = cached_split(str(Path(data_dir)), "train").images.shape[1:]
     crop = ((dataset_args or {}).get("input") or {}).get("crop")
