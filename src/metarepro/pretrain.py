@@ -30,7 +30,7 @@ from . import data as datasets
 from . import models, numerics
 from .config import PretrainConfig
 from .formats import PRETRAIN_LOG_FIELDS
-from .data.episodes import resize_center_crop
+from .data.sampling import resize_center_crop
 from .data.store import ImageSplit
 from .methods.protonet import class_means
 from .loop import Loop, LoopResult

@@ -19,7 +19,7 @@ from metarepro.addon_cards import ADDON_CARDS
 from metarepro.addons.outer import meta_step
 from metarepro.config import (ADDON_KINDS, MethodName, NOT_META_TRAINED, RunConfig, load_config, load_schema,
                               resolve_run)
-from metarepro.data.episodes import SinusoidEpisodes, TaskSampler
+from metarepro.data.sampling import SinusoidEpisodes, TaskSampler
 from metarepro.data.sinusoid import SinusoidTasks
 from metarepro.data.store import load_split, write_dataset
 from metarepro.methods.base import Task, TaskOutcome, TaskResult
@@ -313,7 +313,7 @@ def tiny_image_data(root, n_train=8, per_class=12, size=16):
 
 
 def test_hard_task_sampler_resamples_the_failure_classes(tmp_path):
-    from metarepro.data.episodes import ImageEpisodes
+    from metarepro.data.sampling import ImageEpisodes
     eps = ImageEpisodes(load_split(tiny_image_data(tmp_path / "d"), "train"), 3, 1, 2, seed=0)
     s = addons.make("ht", eps)
     assert s.hard_tasks is None                              # the card's default: the meta-batch size

@@ -421,6 +421,7 @@ def test_a_pamela_run_whose_skip_cannot_fire_is_refused_before_any_job(hp: dict,
         validate_config(cfg)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_shipped_experiment_is_in_a_report(name: str) -> None:
     cfg = load_config(*(REPO / rel for rel in CONFIGS[name]))
     assert set(cfg["experiments"]) == {e for r in cfg["reports"].values() for e in r["experiments"]}

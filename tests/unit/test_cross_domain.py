@@ -12,7 +12,7 @@ import torch
 from metarepro import data as datasets
 from metarepro.classes import CIFAR100_SUPERCLASSES, split_class_names
 from metarepro.config import ConfigError, iter_cross_domain, resolve_run, used_datasets, validate_config
-from metarepro.data.episodes import convert_images
+from metarepro.data.sampling import convert_images
 from metarepro.data.store import write_dataset
 from metarepro.evaluate import evaluate
 from metarepro.utils import MetareproError

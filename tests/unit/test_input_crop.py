@@ -13,7 +13,7 @@ import torch
 from metarepro import data as datasets
 from metarepro import pretrain as pretrain_mod
 from metarepro.config import ConfigError, iter_pretrains, load_config, resolve_pretrain, resolve_run, validate_config
-from metarepro.data.episodes import ImageEpisodes, resize_center_crop
+from metarepro.data.sampling import ImageEpisodes, resize_center_crop
 from metarepro.data.store import write_dataset
 
 REPO = Path(__file__).resolve().parents[2]

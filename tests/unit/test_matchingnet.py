@@ -153,7 +153,7 @@ def test_fce_reads_the_support_set_in_an_order_shuffled_with_the_episode_seed():
     torch.testing.assert_close(g, (fwd + bwd + z[order])[torch.argsort(order)], atol=1e-12, rtol=0)
     assert MatchingNet.support_order(t) is None                                       # no episode key: as given
     # image episodes carry their key
-    from metarepro.data.episodes import ImageEpisodes
+    from metarepro.data.sampling import ImageEpisodes
     from metarepro.data.store import ImageSplit
     imgs = np.zeros((30, 4, 4, 1), dtype=np.uint8)
     labels = np.repeat(np.arange(5), 6)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..addon_cards import card
 from ..config import MethodName, RunConfig
-from ..data.episodes import TaskSampler
+from ..data.sampling import TaskSampler
 from ..methods.base import MetaLearner
 from .base import Aggregator, OuterTerm
 from .cml import CoLearner

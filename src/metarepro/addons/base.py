@@ -1,4 +1,4 @@
-"""The add-on kinds' interfaces: task samplers (data.episodes.TaskSampler), meta-gradient aggregators, outer-loss terms.
+"""The add-on kinds' interfaces: task samplers (data.sampling.TaskSampler), meta-gradient aggregators, outer-loss terms.
 
 Add-ons compose with any base method through the outer step (metarepro.addons.outer) and the training loop, never by subclassing a
 method: `maml+cml`, `mamlpp+cml+oamfs`, `fomaml+ht` are all the unchanged method plus its add-ons.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..data.episodes import TaskSampler
+from ..data.sampling import TaskSampler
 from ..methods.base import MetaLearner, TaskOutcome
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.episodes import ImageEpisodes, TaskSampler
+from ..data.sampling import ImageEpisodes, TaskSampler
 from ..methods.base import Task, TaskResult
 
 HARD_KEY = 7_919     # separates the hard tasks' random streams from the ordinary episodes' (seed, index)

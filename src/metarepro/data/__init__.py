@@ -3,7 +3,7 @@
 Each entry says how the dataset is obtained (download + prepare into the compact format of
 store.py, or generated on the fly) and whether tasks are classification or regression.
 
-Importing the package imports no torch: the episode samplers (episodes.py, graphs.py, sinusoid.py) load on first
+Importing the package imports no torch: the episode samplers (sampling.py, graphs.py, sinusoid.py) load on first
 use, so that torch-free callers (the workflow's pre-run source check reads data.download) stay torch-free.
 """
 from __future__ import annotations
@@ -21,10 +21,9 @@ from .store import ImageSplit, load_split
 
 if TYPE_CHECKING:
     from . import graphs
-    from .episodes import ImageEpisodes, SinusoidEpisodes
+    from .sampling import ImageEpisodes, SinusoidEpisodes
 
-_LAZY = {"TaskSampler": "episodes", "eval_seed": "episodes", "ImageEpisodes": "episodes",
-         "SinusoidEpisodes": "episodes", "SinusoidTasks": "sinusoid", "graphs": None}
+_LAZY = {"TaskSampler": "sampling", "eval_seed": "sampling", "graphs": None}
 
 
 def __getattr__(name: str):
@@ -119,12 +118,11 @@ def episodes(dataset: str, dataset_args: dict, data_dir: str, split: str, ways: 
     `model_input` = (input shape (C, H, W), normalization) of a model trained on another dataset (cross-domain
     evaluation): images are converted to that shape and normalised with that model's training statistics
     (`normalization`, None: left in [0, 1]) instead of this dataset's."""
-    from . import graphs
-    from .episodes import ImageEpisodes, SinusoidEpisodes
-    from .sinusoid import SinusoidTasks
+    from . import graphs, sinusoid
+    from .sampling import ImageEpisodes, SinusoidEpisodes
     spec = get(dataset)
     if spec.generated:
-        return SinusoidEpisodes(SinusoidTasks(**dataset_args), shots, queries, seed)
+        return SinusoidEpisodes(sinusoid.SinusoidTasks(**dataset_args), shots, queries, seed)
     if spec.graph:
         if model_input is not None or exclude:
             raise ValueError(f"{dataset}: node-classification episodes take no cross-domain conversion or exclusion")

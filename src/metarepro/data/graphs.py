@@ -34,7 +34,7 @@ import torch
 
 from ..task import Task
 from ..utils import MetareproError, atomic_path, sha256_file
-from .episodes import indices_fingerprint, split_task
+from .sampling import indices_fingerprint, split_task
 from .store import SPLITS, check_disjoint
 
 FORMAT = "metarepro-graph-npz-v1"
