@@ -76,3 +76,21 @@ def test_no_module_calls_another_packages_private_functions():
                                                                                "addons", "tables", "train", "pretrain"):
                 offenders.append(f"{p.relative_to(PKG)}: {node.value.id}.{node.attr}")
     assert not offenders, offenders
+
+
+def test_each_entry_point_reads_as_its_own_steps():
+    """pretrain, metatrain and evaluate share metarepro.loop (resume, validation, checkpoints, progress) and the
+    outer step lives in metarepro.addons.outer: each entry point stays short, and methods keep no outer step."""
+    for rel, name in (("train.py", "metatrain"), ("pretrain.py", "pretrain"), ("evaluate.py", "evaluate")):
+        fn = next(n for n in ast.walk(ast.parse((PKG / rel).read_text()))
+                  if isinstance(n, ast.FunctionDef) and n.name == name)
+        assert fn.end_lineno - fn.lineno + 1 <= 60, f"{rel}:{name} is {fn.end_lineno - fn.lineno + 1} lines"
+    base = ast.parse((PKG / "methods" / "base.py").read_text())
+    learner = next(n for n in base.body if isinstance(n, ast.ClassDef) and n.name == "MetaLearner")
+    assert not {n.name for n in learner.body if isinstance(n, ast.FunctionDef)} & {"meta_step", "meta_gradient"}
+
+
+def test_report_rules_are_one_family_per_output_kind():
+    """report.smk: one rule for tables, one for side tables, one for figures, one for the index."""
+    text = (PKG.parents[1] / "workflow" / "rules" / "report.smk").read_text()
+    assert sum(line.startswith("rule ") for line in text.splitlines()) <= 4
