@@ -123,7 +123,7 @@ def test_complexity_cli_and_errors_name_the_file(tmp_path, capsys):
     good = write_run(tmp_path, "maml")
     out = tmp_path / "t" / "x_complexity.md"
     assert cli.main(["complexity", "--name", "x", "--out", str(out), str(good)]) == 0
-    assert out.exists() and out.with_suffix(".csv").exists() and "# x: complexity" in out.read_text()
+    assert out.exists() and out.with_suffix(".csv").exists() and "# x: Complexity (parameters, time, memory)" in out.read_text()
     assert cli.main(["complexity", "--name", "y", "--out", str(out), str(good)]) == 1     # name/out mismatch
     assert "does not match --name y" in capsys.readouterr().err
 

@@ -1,8 +1,12 @@
-"""`python -m metarepro report {table,complexity,xdomain,figure,index}`: the report stage's command line (torch-free)."""
+"""`python -m metarepro report {table,<side table>,figure,index}`: the report stage's command line (torch-free).
+
+The side-table subcommands (complexity, xdomain) and the figure kinds come from the report cards
+(metarepro.report_cards); the index's figure captions from the figure cards."""
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import logging
 import os
@@ -11,18 +15,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..report_cards import FIGURE_CARDS, SIDE_TABLE_CARDS, SIDE_TABLE_INPUTS
 from ..report_cards import RENDERERS as FIGURE_KINDS  # the renderers, one per figure card
 from ..utils import MetareproError, write_text_atomic
 
-# caption of a figure whose file name ends in one of these (e.g. maml_omniglot_inner_steps.png)
-FIGURE_CAPTIONS = {
-    "curves": "meta-training loss and validation score vs iteration",
-    "inner_steps": "test score (mean ± 95% CI) vs number of inner gradient steps",
-    "sinusoid_fits": "sinusoid fits before and after inner steps (cf. Finn et al. 2017, Fig. 2)",
-    "gates": "input and forget gate values vs inner step (Meta-LSTM; cf. Ravi & Larochelle 2017, Fig. 2)",
-    "loss_variance": "variance of the inner-loop loss across validation tasks and validation score vs iteration "
-                     "(cf. Rajasegaran et al. 2020, PAMELA vs MAML)",
-}
+# the index's caption of a figure whose file name ends in its card's kind or renderer (e.g. maml_omniglot_curves)
+FIGURE_CAPTIONS = {name: c.index for c in FIGURE_CARDS.values() if c.index for name in (c.kind, c.renderer)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,21 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--wall-time", action="store_true", help="a column of each row's training + test wall time")
     t.add_argument("evals", nargs="+", metavar="EVAL_JSON")
 
-    # Its own subcommand rather than a `table` flag: it reads run directories (eval.json + config.yaml),
-    # not eval.json files and the paper csv, and writes a second file pair, so its rule reruns on its own.
-    c = sub.add_parser("complexity", help="parameters, time and memory per method: writes NAME_complexity.md/.csv")
-    c.add_argument("--name", required=True, help="report name; the output's file stem is NAME_complexity")
-    c.add_argument("--title", help="heading of the Markdown table (default: NAME: complexity)")
-    c.add_argument("--out", help="output .md (default: reports/tables/NAME_complexity.md); the .csv goes beside it")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding eval.json and config.yaml")
-
-    x = sub.add_parser("xdomain", help="cross-domain table: in-domain beside cross-domain accuracy, paired tests: "
-                                       "writes NAME_xdomain.md/.csv")
-    x.add_argument("--name", required=True, help="report name; the output's file stem is NAME_xdomain")
-    x.add_argument("--title", help="heading of the Markdown table (default: NAME: cross-domain)")
-    x.add_argument("--out", help="output .md (default: reports/tables/NAME_xdomain.md); the .csv goes beside it")
-    x.add_argument("evals", nargs="+", metavar="EVAL_JSON",
-                   help="eval_xdomain_<target>.json files and the in-domain eval.json files to set beside them")
+    # one subcommand per side-table card (report_cards.SIDE_TABLE_CARDS): it reads what its card's `reads` says
+    # and writes NAME_<kind>.md/.csv, so its rule reruns on its own
+    for kind, card in SIDE_TABLE_CARDS.items():
+        metavar, what = SIDE_TABLE_INPUTS[card.reads]
+        x = sub.add_parser(kind, help=f"{card.title}: writes NAME_{kind}.md/.csv")
+        x.add_argument("--name", required=True, help=f"report name; the output's file stem is NAME_{kind}")
+        x.add_argument("--title", help=f"heading of the Markdown table (default: NAME: {card.title})")
+        x.add_argument("--out", help=f"output .md (default: reports/tables/NAME_{kind}.md); the .csv goes beside it")
+        x.add_argument("inputs", nargs="+", metavar=metavar, help=what)
 
     f = sub.add_parser("figure", help="a PNG figure")
     f.add_argument("--kind", required=True, choices=FIGURE_KINDS)
@@ -91,22 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             paper = None if str(args.paper).lower() == "none" else args.paper
             md, csv_path = make_table(args.evals, out, args.title or args.name, paper, args.wall_time)
             print(f"wrote {md} and {csv_path}")
-        elif args.command == "complexity":
-            out = Path(args.out or f"reports/tables/{args.name}_complexity.md")
-            if out.stem != f"{args.name}_complexity":
+        elif args.command in SIDE_TABLE_CARDS:
+            card, kind = SIDE_TABLE_CARDS[args.command], args.command
+            out = Path(args.out or f"reports/tables/{args.name}_{kind}.md")
+            if out.stem != f"{args.name}_{kind}":
                 raise MetareproError(f"--out {out} does not match --name {args.name} "
-                                     f"(expected .../{args.name}_complexity.md)")
-            from .complexity import make_complexity_table
-
-            md, csv_path = make_complexity_table(args.run_dirs, out, args.title or f"{args.name}: complexity")
-            print(f"wrote {md} and {csv_path}")
-        elif args.command == "xdomain":
-            out = Path(args.out or f"reports/tables/{args.name}_xdomain.md")
-            if out.stem != f"{args.name}_xdomain":
-                raise MetareproError(f"--out {out} does not match --name {args.name} (expected .../{args.name}_xdomain.md)")
-            from .xdomain import make_xdomain_table
-
-            md, csv_path = make_xdomain_table(args.evals, out, args.title or f"{args.name}: cross-domain")
+                                     f"(expected .../{args.name}_{kind}.md)")
+            module, function = card.renderer.split(":")
+            render = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+            md, csv_path = render(args.inputs, out, args.title or f"{args.name}: {card.title}")
             print(f"wrote {md} and {csv_path}")
         elif args.command == "figure":
             from .analysis import ANALYSIS_FIGURES
@@ -153,7 +138,7 @@ def _table_profile(md: Path) -> str:
 
 def figure_caption(stem: str) -> str:
     """`maml_omniglot_inner_steps` -> "maml omniglot: test score ... vs number of inner gradient steps"."""
-    for kind, text in FIGURE_CAPTIONS.items():
+    for kind, text in sorted(FIGURE_CAPTIONS.items(), key=lambda kv: -len(kv[0])):   # the longest name first
         if stem == kind or stem.endswith("_" + kind) or stem.endswith("-" + kind):
             prefix = _humanize(stem[: -len(kind)].strip("_-"))
             return f"{prefix}: {text}" if prefix else text[0].upper() + text[1:]
