@@ -13,7 +13,8 @@ is evaluated on identical episodes (see `episode_set` in eval.json) and can be c
   are cut from one image collection. With `drop_overlap`, the episodes are scored again drawn only from the other
   test classes ("without_overlap").
 - An outer-loss term with a test-time hook (`predicts_at_test`, e.g. CML's co-learner) is scored beside the base
-  method on the same adapted learner (eval.json's HOOK_KEY entry); evaluation never names the add-on.
+  method on the same adapted learner (eval.json's entry named by the add-on card's `eval_key`); evaluation never
+  names the add-on.
 """
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ import numpy as np
 import torch
 
 from . import addons
+from .addon_cards import card as addon_card
 from . import data as datasets
 from . import numerics
 from .formats import EVAL_FILE, MODEL_FILE
-from .formats import EVAL_HOOK as HOOK_KEY
 from .loop import progress_bar
 from .methods.base import tap_outputs
 from .runtime import load_learner
@@ -202,8 +203,9 @@ def summarize(learner: Any, run: Any, state: dict, eps: Any, k: int, steps: int,
         # the test-time hook's score (CML's dagger): the same adapted learner's query features classified by the
         # outer-loss term instead of the head
         m, c = mean_ci(hook)
-        result[HOOK_KEY] = {"mean": m, "ci95": c, "std": float(hook.std(ddof=1)) if len(hook) > 1 else 0.0,
-                            "per_episode": hook.tolist(), "wall_time_s": scores.hook_wall}
+        result[addon_card(term.name).eval_key] = {"mean": m, "ci95": c,
+                                                  "std": float(hook.std(ddof=1)) if len(hook) > 1 else 0.0,
+                                                  "per_episode": hook.tolist(), "wall_time_s": scores.hook_wall}
     if state.get("ensemble") and len(state["ensemble"]) > 1:
         result["ensemble"] = [{"iteration": m["iteration"], "val_mean": m["val_mean"]} for m in state["ensemble"]]
     result.update(summarize_diagnostics(scores.diagnostics))

@@ -28,5 +28,4 @@ EVAL_FILE = "eval.json"
 EVAL_REQUIRED: tuple[str, ...] = ("run", "metric", "mean", "ci95")
 EVAL_RUN_REQUIRED: tuple[str, ...] = ("dataset", "method", "ways", "shots", "seed")
 # the score of an outer-loss term's test-time hook (e.g. CML's co-learner predicting: CML's dagger), when the run has
-# one: {mean, ci95, std, per_episode, wall_time_s}
-EVAL_HOOK = "colearner"
+# one, sits under the key its add-on card names (`eval_key`): {mean, ci95, std, per_episode, wall_time_s}

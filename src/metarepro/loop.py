@@ -155,8 +155,8 @@ class Loop:
             top = keep_best(top, {"iteration": done, "val_mean": vm, "state": weights}, self.keep, self.higher)
         self.logger.info("%s %d loss %.4f val %.4f +- %.4f", c, done, row[job.loss_key], vm, vc)
         if math.isnan(vm):
-            self.logger.warning("validation score is NaN at %s %d: the inner loop diverges on some validation episodes "
-                        "(too many eval_inner_steps for the learned step sizes?)", c, done)
+            self.logger.warning("validation score is NaN at %s %d: the inner loop diverges on some validation "
+                                "episodes (too many eval_inner_steps for the learned step sizes?)", c, done)
         return best, top
 
 

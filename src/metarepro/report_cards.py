@@ -101,7 +101,7 @@ SIDE_TABLE_CARDS: dict[str, SideTableCard] = {c.kind: c for c in (
                           "method trained on the target where the report has it, and paired tests between methods "
                           "on the same target episodes."),
 )}
-SIDE_TABLE_READS = ("run_dirs", "cross_domain_evals")
 SIDE_TABLE_INPUTS = {"run_dirs": ("RUN_DIR", "run directories holding eval.json and config.yaml"),
                      "cross_domain_evals": ("EVAL_JSON", "eval_xdomain_<target>.json files and the in-domain "
                                                          "eval.json files to set beside them")}
+SIDE_TABLE_READS = tuple(SIDE_TABLE_INPUTS)      # what a side-table card's `reads` may say

@@ -46,7 +46,7 @@ class OuterTerm(nn.Module):
     tap: str | None = None      # the backbone submodule whose query-pass output the term reads (TaskOutcome.features)
     # The test-time hook: True when the term can also predict the query labels from the tapped features
     # (`predict(features, task) -> logits`); evaluation then scores it beside the base method (eval.json
-    # "colearner", CML's dagger) without naming the add-on
+    # key its card's `eval_key` names, CML's dagger) without naming the add-on
     predicts_at_test = False
 
     def __init__(self, weight: float, lr: float) -> None:
