@@ -132,6 +132,20 @@ def pretrain_gpus(wildcards):
 
 # The conda environment of a job: the CUDA build of torch for jobs given a GPU, else the CPU build.
 CPU_ENV, CUDA_ENV = "../../environment.yml", "../../environment.cuda.yml"
+# Whether any job of this config asks for a GPU. Where none does (a CPU run), every job's conda env and `gpu`
+# resource are constants, which Snakemake does not evaluate job by job (a sixth of a second of the paper grid's
+# dry run, benchmarks/dry_run.py).
+ANY_GPU = int(config.get("gpu", 0)) > 0 or any(experiment_gpus(config, e) for e in config["experiments"])
+
+
+def job_gpus(gpus):
+    """A rule's `gpu` resource: the function `gpus` of a job's wildcards, or 0 where no job asks for a GPU."""
+    return gpus if ANY_GPU else 0
+
+
+def job_env(gpus):
+    """A rule's conda env: the CUDA one for jobs that `gpus` gives a GPU, else the CPU one."""
+    return (lambda w: CUDA_ENV if gpus(w) else CPU_ENV) if ANY_GPU else CPU_ENV
 
 
 def train_runtime(wildcards):

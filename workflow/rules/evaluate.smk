@@ -13,13 +13,13 @@ rule evaluate:
     benchmark:
         f"{LOGS}/benchmark/evaluate/{RUN_BENCH}"
     conda:
-        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
+        job_env(run_gpus)
     threads: config["threads"]
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=lambda w, attempt: 60 * attempt,
         cpus_per_task=config["threads"],
-        gpu=run_gpus,
+        gpu=job_gpus(run_gpus),
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
@@ -39,7 +39,7 @@ rule evaluate_shots:
     benchmark:
         f"{LOGS}/benchmark/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_{{test_shots}}shot.tsv"
     conda:
-        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
+        job_env(run_gpus)
     threads: config["threads"]
     wildcard_constraints:
         test_shots=r"\d+",
@@ -47,7 +47,7 @@ rule evaluate_shots:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=lambda w, attempt: 60 * attempt,
         cpus_per_task=config["threads"],
-        gpu=run_gpus,
+        gpu=job_gpus(run_gpus),
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
     shell:
@@ -72,7 +72,7 @@ rule evaluate_xdomain:
     benchmark:
         f"{LOGS}/benchmark/evaluate/{{dataset}}/{{method}}/{{ways}}way{{shots}}shot/seed{{seed}}_xdomain_{{target}}.tsv"
     conda:
-        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
+        job_env(run_gpus)
     threads: config["threads"]
     wildcard_constraints:
         target=_alternatives(set(used_datasets(config)) - GENERATED),
@@ -80,7 +80,7 @@ rule evaluate_xdomain:
         mem_mb=lambda w: max(MEM_MB.get(w.dataset, 8000), MEM_MB.get(w.target, 8000)),
         runtime=lambda w, attempt: 60 * attempt,
         cpus_per_task=config["threads"],
-        gpu=run_gpus,
+        gpu=job_gpus(run_gpus),
     params:
         run_dir=lambda w, output: os.path.dirname(output[0]),
         target_data=lambda w: f"{DATA}/{w.target}",

@@ -17,14 +17,14 @@ rule metatrain:
     benchmark:
         f"{LOGS}/benchmark/metatrain/{RUN_BENCH}"
     conda:
-        lambda w: CUDA_ENV if run_gpus(w) else CPU_ENV
+        job_env(run_gpus)
     threads: config["threads"]
     priority: train_priority
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=lambda w, attempt: train_runtime(w) * attempt,   # a retried job gets more time
         cpus_per_task=config["threads"],
-        gpu=run_gpus,
+        gpu=job_gpus(run_gpus),
     params:
         # The whole resolved run config: editing one method's hparams re-runs only that method's jobs.
         run=run_config,

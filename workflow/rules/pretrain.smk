@@ -18,14 +18,14 @@ rule pretrain:
     wildcard_constraints:
         backbone=_alternatives({p.label for p in pretrains()}),
     conda:
-        lambda w: CUDA_ENV if pretrain_gpus(w) else CPU_ENV
+        job_env(pretrain_gpus)
     threads: config["threads"]
     priority: 20              # a few minutes, and the baselines wait for it: early, after the longest trainings
     resources:
         mem_mb=lambda w: MEM_MB.get(w.dataset, 8000),
         runtime=lambda w, attempt: pretrain_runtime(w) * attempt,
         cpus_per_task=config["threads"],
-        gpu=pretrain_gpus,
+        gpu=job_gpus(pretrain_gpus),
     params:
         # The whole resolved pretrain config: editing the dataset's `pretrain:` block re-runs it (and its users).
         run=pretrain_config,
