@@ -11,9 +11,6 @@ from metarepro import yaml_io
 from metarepro.config import ConfigError, command_line_overrides, validate_config
 
 
-configfile: "config/config.yaml"
-
-
 # glibc malloc settings for the torch jobs this workflow starts (they inherit Snakemake's environment): keep
 # freed tensor buffers in the heap instead of handing them back to the OS after every step, which otherwise makes
 # every job re-fault its pages (measurements: benchmarks/README.md). A value the user set wins; other libcs
@@ -22,9 +19,10 @@ for _var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
     os.environ.setdefault(_var, "17179869184")
 
 
-# Each --configfile replaces whole top-level keys of config/config.yaml, as metarepro.config.load_config
-# does (Snakemake alone merges key by key, mixing config.yaml's experiments into paper.yaml's);
-# --config key=value still sets single keys. validate_config fills in defaults, names any bad key.
+# config/config.yaml, then each --configfile replacing whole top-level keys of it, as metarepro.config.load_config
+# does (Snakemake alone merges key by key, mixing config.yaml's experiments into paper.yaml's); --config key=value
+# still sets single keys. validate_config fills in defaults, names any bad key. (No `configfile:` directive: it
+# would only have Snakemake parse config.yaml a second time, with its pure-Python YAML parser.)
 _files = ["config/config.yaml", *map(str, workflow.config_settings.configfiles)]
 _config = {}
 for _f in _files:
