@@ -134,8 +134,8 @@ def split_class_names(dataset: str, split: str) -> tuple[str, ...] | None:
     if fmt == "cifar100_superclasses":          # torchmeta's FC100: superclasses, each of 5 classes
         return tuple(c for s in json.loads((d / f"{split}.json").read_text()) for c in CIFAR100_SUPERCLASSES[s])
     if fmt == "ravi_csv":                       # Ravi & Larochelle's csv files: filename,label
-        # the label column read as text (plain `filename,label` lines; csv.DictReader took a tenth of a second
-        # of every Snakemake start over miniImageNet's 60,000 rows)
+        # the label column read as text (plain `filename,label` lines): csv.DictReader over miniImageNet's 60,000
+        # rows took 70 ms of every Snakemake start whose config has a cross-domain experiment
         header, *rows = (d / f"{split}.csv").read_text().splitlines()
         if header.strip() != "filename,label":
             raise ValueError(f"{d / f'{split}.csv'}: expected the header 'filename,label', got {header!r}")

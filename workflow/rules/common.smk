@@ -133,8 +133,8 @@ def pretrain_gpus(wildcards):
 # The conda environment of a job: the CUDA build of torch for jobs given a GPU, else the CPU build.
 CPU_ENV, CUDA_ENV = "../../environment.yml", "../../environment.cuda.yml"
 # Whether any job of this config asks for a GPU. Where none does (a CPU run), every job's conda env and `gpu`
-# resource are constants, which Snakemake does not evaluate job by job (a sixth of a second of the paper grid's
-# dry run, benchmarks/dry_run.py).
+# resource are constants, which Snakemake does not evaluate job by job (about a tenth of a second of the paper
+# grid's dry run, benchmarks/README.md).
 ANY_GPU = int(config.get("gpu", 0)) > 0 or any(experiment_gpus(config, e) for e in config["experiments"])
 
 
